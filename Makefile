@@ -1,0 +1,31 @@
+# The two commands of the README:  make demo  and  make test.
+# Both set everything up on a fresh Debian machine (see scripts/ensure-system-deps.sh).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup system-deps benchmark addon clean
+
+demo: setup
+	$(PY) -m peer demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+benchmark: setup
+	$(PY) -m benchmarks efficiency
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@scripts/ensure-system-deps.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) demo-output build *.egg-info

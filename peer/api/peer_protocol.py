@@ -1,0 +1,97 @@
+"""The peer protocol: what workers say to the coordinator (msgpack over HTTP).
+
+Not part of Flamenco's API: peers are all ours, so the wire format is compact
+msgpack and the calls are shaped for long-polling. Every body is a msgpack
+map; errors are ``{"code", "message"}`` maps with the HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from ..coordinator.service import APIError, TaskUpdate
+from .client_api import COORDINATOR_KEY
+
+MSGPACK = "application/msgpack"
+PREFIX = "/peer/v1"
+
+routes = web.RouteTableDef()
+
+
+def pack_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=msgpack.packb(body, use_bin_type=True), status=status, content_type=MSGPACK)
+
+
+async def _read(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = msgpack.unpackb(raw, raw=False) if raw else {}
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise APIError(400, f"request body is not valid msgpack: {exc}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a msgpack map")
+    return body
+
+
+def _str(body: dict[str, Any], key: str, required: bool = True) -> str:
+    value = body.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise APIError(400, f"field {key!r} is required and must be a string")
+    return value
+
+
+@routes.post(f"{PREFIX}/worker/sign-on")
+async def sign_on(request: web.Request) -> web.Response:
+    body = await _read(request)
+    types = body.get("supported_task_types")
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise APIError(400, "field 'supported_task_types' must be a list of strings")
+    current = body.get("current_task")
+    await request.app[COORDINATOR_KEY].sign_on(
+        worker_id=_str(body, "worker_id"), name=_str(body, "name"),
+        address=_str(body, "address", required=False) or (request.remote or ""),
+        platform=_str(body, "platform", required=False), software=_str(body, "software", required=False),
+        supported_task_types=types, current_task=current if isinstance(current, str) else None,
+    )
+    return pack_response({"ok": True})
+
+
+@routes.post(f"{PREFIX}/worker/sign-off")
+async def sign_off(request: web.Request) -> web.Response:
+    body = await _read(request)
+    await request.app[COORDINATOR_KEY].sign_off(_str(body, "worker_id"))
+    return pack_response({"ok": True})
+
+
+@routes.post(f"{PREFIX}/worker/claim")
+async def claim(request: web.Request) -> web.Response:
+    body = await _read(request)
+    wait_s = body.get("wait_s", 10.0)
+    if not isinstance(wait_s, (int, float)) or wait_s < 0:
+        raise APIError(400, "field 'wait_s' must be a non-negative number")
+    task = await request.app[COORDINATOR_KEY].claim_task(_str(body, "worker_id"), float(wait_s))
+    if task is None:
+        return web.Response(status=204)
+    return pack_response({"task": task})
+
+
+@routes.post(f"{PREFIX}/worker/task-update")
+async def task_update(request: web.Request) -> web.Response:
+    body = await _read(request)
+    steps = body.get("steps_completed")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise APIError(400, "field 'steps_completed' must be a non-negative integer")
+    update = TaskUpdate(
+        task_status=body.get("task_status") or None,
+        activity=body.get("activity") if isinstance(body.get("activity"), str) else None,
+        log=body.get("log") if isinstance(body.get("log"), str) else None,
+        steps_completed=steps,
+    )
+    result = await request.app[COORDINATOR_KEY].task_update(
+        _str(body, "worker_id"), _str(body, "task_id"), update)
+    return pack_response(result)

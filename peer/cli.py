@@ -1,0 +1,414 @@
+"""``flamenco-peer``: run a peer, submit jobs, watch and steer them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .clientlib import ClientError, FlamencoClient
+from .config import ConfigError, PeerConfig, default_data_dir, load_config
+
+DEFAULT_URL = "http://127.0.0.1:8780"
+
+
+def _local_peer_url() -> str:
+    env = os.environ.get("FLAMENCO_PEER_URL")
+    if env:
+        return env
+    try:
+        info = json.loads((default_data_dir() / "peer.json").read_text())
+        return info["url"]
+    except (OSError, ValueError, KeyError):
+        return DEFAULT_URL
+
+
+# --- run ---------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    try:
+        config = load_config(data_dir)
+    except ConfigError as exc:
+        print(f"flamenco-peer: {exc}", file=sys.stderr)
+        return 2
+    overrides: dict[str, Any] = {
+        "port": args.port, "name": args.name, "host": args.host, "blender": args.blender,
+        "ffmpeg": args.ffmpeg,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    if args.no_worker:
+        config.worker = False
+    if args.enable_exec:
+        config.enable_exec = True
+    if args.worker_timeout is not None:
+        config.worker_timeout_s = args.worker_timeout
+    join = args.join
+    if join and "://" not in join:
+        join = f"http://{join}"
+
+    from .node import NodeOptions, PeerNode  # heavy imports only for `run`
+
+    node = PeerNode(NodeOptions(data_dir=data_dir, config=config, join_url=join, worker=config.worker))
+    try:
+        asyncio.run(node.run_forever())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+# --- submit ------------------------------------------------------------------
+
+
+def prepare_job(
+    client: FlamencoClient, job_type_name: str, *, sets: list[str], blend: str | None, name: str | None,
+    priority: int = 50, paused: bool = False, blender: str = "blender", verbose: bool = True,
+) -> dict[str, Any]:
+    """Build a Flamenco ``SubmittedJob`` the way the add-on would."""
+    from .settings_eval import SettingsError, evaluate_in_blender, needs_blender, parse_assignments, with_defaults
+
+    job_type = client.job_type(job_type_name)
+    try:
+        given = parse_assignments(sets, job_type)
+    except SettingsError as exc:
+        raise ClientError(str(exc)) from None
+    name = name or (Path(blend).stem if blend else job_type_name)
+    keys = {s["key"] for s in job_type.get("settings", [])}
+    blend_path = Path(blend).resolve() if blend else None
+    if blend_path is not None:
+        if not blend_path.is_file():
+            raise ClientError(f"--blend {blend}: no such file")
+        if "blendfile" in keys and "blendfile" not in given:
+            given["blendfile"] = str(blend_path)
+    values = with_defaults(job_type, given)
+    if needs_blender(job_type, given):
+        if blend_path is None:
+            missing = [s["key"] for s in job_type["settings"] if s.get("eval") and s["key"] not in given]
+            if any(s.get("required") for s in job_type["settings"] if s["key"] in missing):
+                raise ClientError(
+                    f"job type {job_type_name!r} computes {', '.join(missing)} from a .blend file; "
+                    "pass --blend FILE (Blender evaluates them) or give each with --set key=value"
+                )
+        else:
+            if verbose:
+                print(f"Evaluating job settings in Blender from {blend_path.name} ...", file=sys.stderr)
+            try:
+                values = evaluate_in_blender(blender, blend_path, job_type, name, values, set(given))
+            except SettingsError as exc:
+                raise ClientError(str(exc)) from None
+    return {
+        "name": name, "type": job_type_name, "priority": priority,
+        "submitter_platform": platform.system().lower(), "type_etag": job_type.get("etag", ""),
+        "settings": values, "metadata": {"user.name": os.environ.get("USER", "")},
+        "initial_status": "paused" if paused else "queued",
+    }
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = FlamencoClient(args.peer)
+    job = prepare_job(
+        client, args.job_type, sets=args.set or [], blend=args.blend, name=args.name,
+        priority=args.priority, paused=args.paused, blender=args.blender, verbose=not args.json,
+    )
+    submitted = client.submit(job)
+    if args.json and not args.wait:
+        print(json.dumps(submitted, indent=2))
+        return 0
+    if not args.json:
+        print(f"Submitted job {submitted['id']} ({submitted['name']!r}, {submitted['steps_total']} steps)")
+    if not args.wait:
+        return 0
+    final = wait_for_job(client, submitted["id"], quiet=args.json)
+    if args.json:
+        print(json.dumps(final, indent=2))
+    return 0 if final["status"] == "completed" else 1
+
+
+FINAL_STATUSES = {"completed", "failed", "canceled", "paused"}
+
+
+def wait_for_job(client: FlamencoClient, job_id: str, *, quiet: bool = False, interval: float = 0.3) -> dict[str, Any]:
+    """Poll until the job ends, drawing a progress bar on stderr."""
+    bar = ProgressBar(sys.stderr, enabled=not quiet)
+    while True:
+        job = client.job(job_id)
+        tasks = client.tasks(job_id)
+        bar.draw(job, tasks)
+        if job["status"] in FINAL_STATUSES:
+            bar.finish(job, tasks)
+            return job
+        time.sleep(interval)
+
+
+class ProgressBar:
+    def __init__(self, stream: Any, enabled: bool = True) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.last_line = ""
+        self.started = time.monotonic()
+
+    def line(self, job: dict[str, Any], tasks: list[dict[str, Any]]) -> str:
+        total = job["steps_total"] or 1
+        done = min(job["steps_completed"], total)
+        width = 30
+        filled = int(width * done / total)
+        finished = sum(1 for t in tasks if t["status"] == "completed")
+        running = sum(1 for t in tasks if t["status"] == "active")
+        elapsed = time.monotonic() - self.started
+        return (
+            f"[{'#' * filled}{'.' * (width - filled)}] {100 * done // total:3d}%  "
+            f"{done}/{job['steps_total']} steps  tasks {finished}/{len(tasks)} done, {running} running  "
+            f"{job['status']}  {elapsed:5.1f}s"
+        )
+
+    def draw(self, job: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+        if not self.enabled:
+            return
+        text = self.line(job, tasks)
+        if self.tty:
+            self.stream.write("\r" + text.ljust(len(self.last_line)))
+            self.stream.flush()
+        elif text.split("  ")[:3] != self.last_line.split("  ")[:3]:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        self.last_line = text
+
+    def finish(self, job: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\n")
+        self.stream.write(f"Job {job['name']!r} {job['status']}" + (f": {job['activity']}" if job["activity"] else "") + "\n")
+        for t in tasks:
+            if t["status"] in ("failed", "soft-failed"):
+                self.stream.write(f"  task {t['name']} ({t['id']}) {t['status']}; see `flamenco-peer log {t['id']}`\n")
+        self.stream.flush()
+
+
+# --- listing and actions -----------------------------------------------------
+
+
+def _resolve_job(client: FlamencoClient, ref: str) -> str:
+    if len(ref) == 36:
+        return ref
+    matches = [j["id"] for j in client.jobs() if j["id"].startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ClientError(f"no job id starts with {ref!r}; see `flamenco-peer jobs`")
+    raise ClientError(f"{ref!r} matches {len(matches)} jobs; give more characters of the id")
+
+
+def _resolve_task(client: FlamencoClient, ref: str) -> str:
+    if len(ref) == 36:
+        return ref
+    matches = [t["id"] for j in client.jobs() for t in client.tasks(j["id"]) if t["id"].startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ClientError(f"no task id starts with {ref!r}; see `flamenco-peer tasks JOB`")
+    raise ClientError(f"{ref!r} matches {len(matches)} tasks; give more characters of the id")
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    jobs = FlamencoClient(args.peer).jobs()
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+    elif not jobs:
+        print("No jobs. Submit one with `flamenco-peer submit JOBTYPE ...`.")
+    else:
+        print(_table(
+            [[j["id"][:8], j["name"], j["type"], j["status"], str(j["priority"]),
+              f"{j['steps_completed']}/{j['steps_total']}"] for j in jobs],
+            ["ID", "NAME", "TYPE", "STATUS", "PRIO", "STEPS"],
+        ))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    client = FlamencoClient(args.peer)
+    tasks = client.tasks(_resolve_job(client, args.job))
+    if args.json:
+        print(json.dumps(tasks, indent=2))
+    else:
+        print(_table(
+            [[t["id"][:8], t["name"], t["task_type"], t["status"], f"{t['steps_completed']}/{t['steps_total']}",
+              (t.get("worker") or {}).get("name", "")] for t in tasks],
+            ["ID", "NAME", "TYPE", "STATUS", "STEPS", "WORKER"],
+        ))
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    client = FlamencoClient(args.peer)
+    task_id = _resolve_task(client, args.task)
+    text = client.task_log(task_id)
+    if args.json:
+        print(json.dumps({"task_id": task_id, "log": text}))
+    else:
+        sys.stdout.write(text or "(the task has no log yet)\n")
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    workers = FlamencoClient(args.peer).workers()
+    if args.json:
+        print(json.dumps(workers, indent=2))
+    else:
+        print(_table([[w["id"][:8], w["name"], w["status"], w.get("last_seen", "")] for w in workers],
+                     ["ID", "NAME", "STATUS", "LAST SEEN"]))
+    return 0
+
+
+def cmd_job_types(args: argparse.Namespace) -> int:
+    types = FlamencoClient(args.peer).job_types()
+    if args.json:
+        print(json.dumps(types, indent=2))
+    else:
+        print(_table([[t["name"], t["label"], t.get("description", "")] for t in types], ["NAME", "LABEL", "DESCRIPTION"]))
+    return 0
+
+
+_ACTIONS = {
+    "cancel": ("cancel-requested", "canceled from the command line"),
+    "pause": ("pause-requested", "paused from the command line"),
+    "requeue": ("requeueing", "requeued from the command line"),
+}
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    client = FlamencoClient(args.peer)
+    job_id = _resolve_job(client, args.job)
+    if args.command == "delete":
+        client.delete_job(job_id)
+        print(f"Deleted job {job_id}")
+    elif args.command == "priority":
+        client.set_job_priority(job_id, args.priority)
+        print(f"Job {job_id} priority is now {args.priority}")
+    else:
+        status, reason = _ACTIONS[args.command]
+        client.set_job_status(job_id, status, reason)
+        job = client.job(job_id)
+        print(f"Job {job_id} is now {job['status']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+# --- parser ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flamenco-peer",
+        description="A peer-to-peer render farm for Blender, compatible with Flamenco 3. "
+                    "Start a peer with `flamenco-peer run`; alone it is a whole farm.",
+    )
+    parser.add_argument("--version", action="version", version=f"flamenco-peer {__version__}")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def client_parser(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--peer", default=_local_peer_url(), metavar="URL",
+                       help="the peer (or Flamenco Manager) to talk to (default: the local peer, %(default)s)")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        return p
+
+    run = sub.add_parser("run", help="run a peer (coordinator + worker when alone)",
+                         description="Run a peer. Alone it coordinates and works; with --join it works for another peer.")
+    run.add_argument("--data-dir", metavar="DIR", help=f"where jobs, logs and config live (default: {default_data_dir()})")
+    run.add_argument("--port", type=int, help="HTTP port (default 8780 or the config; 0 = any free port)")
+    run.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    run.add_argument("--name", help="this peer's name (default: the host name)")
+    run.add_argument("--join", metavar="URL", help="join the farm whose coordinator listens at URL")
+    run.add_argument("--no-worker", action="store_true", help="do not run tasks on this machine")
+    run.add_argument("--blender", metavar="PATH", help="Blender executable for {blender} (default: blender on PATH)")
+    run.add_argument("--ffmpeg", metavar="PATH", help="FFmpeg executable (default: ffmpeg on PATH)")
+    run.add_argument("--enable-exec", action="store_true", help="allow the `exec` command (runs any program a job names)")
+    run.add_argument("--worker-timeout", type=float, metavar="SECONDS",
+                     help="requeue a worker's tasks when it is silent this long (default 30)")
+    run.set_defaults(func=cmd_run)
+
+    submit = client_parser("submit", "submit a job")
+    submit.add_argument("job_type", metavar="JOBTYPE", help="job type name, see `flamenco-peer job-types`")
+    submit.add_argument("--set", action="append", metavar="KEY=VALUE", help="a job setting (repeatable)")
+    submit.add_argument("--blend", metavar="FILE", help="the .blend file; Blender computes the settings that have an eval expression")
+    submit.add_argument("--name", help="job name (default: the .blend file's name or the job type)")
+    submit.add_argument("--priority", type=int, default=50, help="0-100, higher runs first (default 50)")
+    submit.add_argument("--paused", action="store_true", help="submit paused; start it with `requeue`")
+    submit.add_argument("--wait", action="store_true", help="wait for the job to finish, with a progress bar")
+    submit.add_argument("--blender", default=shutil.which("blender") or "blender", help="Blender used to evaluate settings")
+    submit.set_defaults(func=cmd_submit)
+
+    client_parser("jobs", "list jobs").set_defaults(func=cmd_jobs)
+    p = client_parser("tasks", "list a job's tasks")
+    p.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
+    p.set_defaults(func=cmd_tasks)
+    p = client_parser("log", "print a task's log")
+    p.add_argument("task", metavar="TASK", help="task id (a unique prefix is enough)")
+    p.set_defaults(func=cmd_log)
+    client_parser("workers", "list workers").set_defaults(func=cmd_workers)
+    client_parser("job-types", "list job types").set_defaults(func=cmd_job_types)
+    for action, help in (("cancel", "cancel a job"), ("pause", "pause a job (running tasks finish)"),
+                         ("requeue", "requeue (resume) a job: failed, canceled and paused tasks run again"),
+                         ("delete", "delete a job, its tasks and logs")):
+        p = client_parser(action, help, json_flag=False)
+        p.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
+        p.set_defaults(func=cmd_action)
+    p = client_parser("priority", "change a job's priority", json_flag=False)
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("priority", type=int, choices=range(0, 101), metavar="PRIORITY", help="0-100")
+    p.set_defaults(func=cmd_action)
+
+    demo = sub.add_parser("demo", help="render a tiny scene on a local farm of three peers",
+                          description="Start a coordinator and two workers on loopback, render a generated scene "
+                                      "with simple-blender-render, print where the frames and video are, stop the farm.")
+    demo.add_argument("--output", default="demo-output", help="folder for the farm's data and the renders (default: %(default)s)")
+    demo.add_argument("--frames", default="1-12", help="frame range (default: %(default)s)")
+    demo.add_argument("--chunk-size", type=int, default=3, help="frames per task (default: %(default)s)")
+    demo.add_argument("--blender", default=shutil.which("blender") or "blender")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ClientError as exc:
+        print(f"flamenco-peer: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

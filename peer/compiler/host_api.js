@@ -1,0 +1,472 @@
+// Flamenco Peer: the host API that Flamenco 3 job-type scripts expect.
+//
+// Evaluated once in every fresh V8 context, before the job-type script.  It
+// installs the globals a Flamenco Manager provides (print, alert, author,
+// path, process, require, frameChunker, frameCount, formatTimestampLocal,
+// shellSplit) and one hidden, read-only global `__flamencoPeerHost` that the
+// Python side (peer/compiler/jsengine.py) uses to configure the context, run
+// compileJob and fetch results.  Every result crosses to Python as ONE JSON
+// string: walking mini-racer proxies from Python is orders of magnitude slower.
+//
+// This file runs in strict mode; the job-type script itself runs in sloppy
+// mode, like in Flamenco (goja), unless it says "use strict" itself.
+// See docs/job-types.md for every decision taken here.
+
+(function installFlamencoHostAPI(global) {
+  "use strict";
+
+  // ---- per-context configuration, filled in by Python via configure() ----
+  const config = {
+    uuidSeed: [],          // 16 random bytes from Python's os.urandom
+    cwd: null,             // process.cwd() of the peer, or null if unknown
+    platform: "linux",     // Go GOOS spelling of the peer's platform
+    tzOffsetMinutes: 0,    // local UTC offset at job.created, from Python
+  };
+
+  // Globals are writable and configurable so a script may shadow them with
+  // its own `var path = ...` or `let print = ...` without a SyntaxError.
+  function defineGlobal(name, value) {
+    Object.defineProperty(global, name, {
+      value: value, writable: true, configurable: true, enumerable: false,
+    });
+  }
+
+  function asGoString(value) {
+    // Go's string parameters receive "" for undefined/null.
+    return value === undefined || value === null ? "" : String(value);
+  }
+
+  function asGoInt(value) {
+    const n = Math.trunc(Number(value));
+    return Number.isFinite(n) ? n : 0;
+  }
+
+  // Deep copy through JSON, turning `undefined` into null like Go's export of
+  // a JS value into interface{} does.  Throws on cycles (a clear TypeError).
+  function cloneData(value) {
+    if (value === undefined) return null;
+    return JSON.parse(JSON.stringify(value, (key, v) => (v === undefined ? null : v)));
+  }
+
+  // ---- print / alert: collected for the submitter, logged by Python ----
+  const MAX_MESSAGES = 1000;
+  const MAX_MESSAGE_CHARS = 4000;
+  const messages = [];
+  let droppedMessages = 0;
+
+  function renderArg(value) {
+    if (typeof value === "string") return value;
+    if (value === undefined) return "undefined";
+    if (typeof value === "function") return "[function " + (value.name || "anonymous") + "]";
+    try {
+      const text = JSON.stringify(value);
+      return text === undefined ? String(value) : text;
+    } catch (err) {
+      return String(value);
+    }
+  }
+
+  function logMessage(level, args) {
+    if (messages.length >= MAX_MESSAGES) {
+      droppedMessages++;
+      return;
+    }
+    let text = Array.prototype.map.call(args, renderArg).join(" ");
+    if (text.length > MAX_MESSAGE_CHARS) {
+      text = text.slice(0, MAX_MESSAGE_CHARS) + " [...]";
+    }
+    messages.push({ level: level, text: text });
+  }
+
+  defineGlobal("print", function print() { logMessage("info", arguments); });
+  defineGlobal("alert", function alert() { logMessage("warning", arguments); });
+
+  // ---- UUIDs ----
+  // mini-racer has no crypto.randomUUID.  Each UUID is Python's per-context
+  // random seed XOR Math.random bytes: independent across compilations even if
+  // V8's Math.random were predictable, and checked unique within the context.
+  const issuedUUIDs = new Set();
+
+  function newUUID() {
+    for (;;) {
+      const bytes = [];
+      for (let i = 0; i < 16; i++) {
+        bytes.push(((config.uuidSeed[i] || 0) ^ Math.floor(Math.random() * 256)) & 0xff);
+      }
+      bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+      bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+      const hex = bytes.map((b) => b.toString(16).padStart(2, "0")).join("");
+      const uuid = hex.slice(0, 8) + "-" + hex.slice(8, 12) + "-" + hex.slice(12, 16) +
+        "-" + hex.slice(16, 20) + "-" + hex.slice(20);
+      if (!issuedUUIDs.has(uuid)) {
+        issuedUUIDs.add(uuid);
+        return uuid;
+      }
+    }
+  }
+
+  // ---- author module: tasks and commands ----
+  // Member names follow goja's "uncapitalise the Go field" mapping that
+  // Flamenco scripts are written against: uUID, addCommand, totalStepCount...
+  function AuthoredCommand(name, parameters, totalStepCount) {
+    this.name = name;
+    this.parameters = parameters;
+    this.totalStepCount = totalStepCount;
+  }
+
+  function snapshotCommand(cmd, where) {
+    if (cmd === null || typeof cmd !== "object") {
+      throw new Error(where + ": expected a command made by author.Command(name, parameters), got " +
+        renderArg(cmd));
+    }
+    return new AuthoredCommand(asGoString(cmd.name), cloneData(cmd.parameters === undefined ? {} : cmd.parameters),
+      asGoInt(cmd.totalStepCount));
+  }
+
+  function AuthoredTask(name, type) {
+    this.uUID = newUUID();
+    this.name = name;
+    this.type = type;
+    this.priority = 50; // Flamenco has no parameter for it; always 50.
+    this.commands = [];
+    this.dependencies = [];
+  }
+
+  AuthoredTask.prototype.addCommand = function addCommand(cmd) {
+    // A copy: changing the command object afterwards does not change the task.
+    this.commands.push(snapshotCommand(cmd, "task.addCommand(cmd)"));
+  };
+
+  AuthoredTask.prototype.addDependency = function addDependency(task) {
+    if (!(task instanceof AuthoredTask)) {
+      throw new Error("task.addDependency(task): expected a task made by author.Task(name, type), got " +
+        renderArg(task));
+    }
+    // Like Flamenco: no cycle check here, and the other task need not be in the
+    // job yet.  Both are checked by Python on the finished job.
+    this.dependencies.push(task);
+  };
+
+  const author = Object.freeze({
+    Task: function Task(name, type) {
+      const taskName = asGoString(name).trim();
+      const taskType = asGoString(type).trim();
+      if (taskName === "") throw new Error("author.Task(name, type): name is required");
+      if (taskType === "") throw new Error("author.Task(name, type): type is required");
+      return new AuthoredTask(taskName, taskType);
+    },
+    Command: function Command(name, parameters, totalStepCount) {
+      if (parameters === undefined || parameters === null) {
+        parameters = {};
+      } else if (typeof parameters !== "object" || Array.isArray(parameters)) {
+        throw new Error("author.Command(name, parameters): parameters must be an object, got " +
+          renderArg(parameters));
+      }
+      // Flamenco converts the parameters to a Go map at this call, so later
+      // changes to the JS object are not seen; we copy for the same effect.
+      return new AuthoredCommand(asGoString(name), cloneData(parameters), asGoInt(totalStepCount));
+    },
+  });
+
+  // ---- frame ranges ----
+  function parseFrameNumber(text, part) {
+    const trimmed = text.trim();
+    if (!/^[+-]?[0-9]+$/.test(trimmed)) {
+      throw new Error('invalid range "' + part + '": expected a frame number, got "' + trimmed + '"');
+    }
+    const frame = Number(trimmed);
+    if (!Number.isSafeInteger(frame)) {
+      throw new Error('invalid range "' + part + '": frame number ' + trimmed + " is too large");
+    }
+    return frame;
+  }
+
+  // "1..3,7" -> [1, 2, 3, 7]: sorted, without duplicates.
+  function explodeFrameRange(range) {
+    const frames = new Set();
+    for (const part of range.replaceAll("..", "-").split(",")) {
+      const pieces = part.split("-");
+      if (pieces.length > 2) {
+        throw new Error('invalid range "' + part + '": use A-B or A..B for a range of frames');
+      }
+      const first = parseFrameNumber(pieces[0], part);
+      const last = pieces.length === 2 ? parseFrameNumber(pieces[1], part) : first;
+      for (let frame = first; frame <= last; frame++) frames.add(frame); // reversed: nothing
+    }
+    return Array.from(frames).sort((a, b) => a - b);
+  }
+
+  // [1,2,3,5,6,9] -> "1-3,5,6,9": runs of 3+ become A-B, shorter runs are listed.
+  function compactFrames(frames) {
+    const parts = [];
+    let start = 0;
+    while (start < frames.length) {
+      let end = start;
+      while (end + 1 < frames.length && frames[end + 1] === frames[end] + 1) end++;
+      const runLength = end - start + 1;
+      if (runLength >= 3) {
+        parts.push(frames[start] + "-" + frames[end]);
+      } else {
+        for (let i = start; i <= end; i++) parts.push(String(frames[i]));
+      }
+      start = end + 1;
+    }
+    return parts.join(",");
+  }
+
+  defineGlobal("frameChunker", function frameChunker(range, chunkSize) {
+    const text = asGoString(range).trim();
+    if (text === "") throw new Error('invalid range "": empty range');
+    const size = asGoInt(chunkSize);
+    if (size < 1) throw new Error("invalid chunk size, must be positive number: " + size);
+    const frames = explodeFrameRange(text);
+    if (frames.length === 0) throw new Error('invalid range "' + text + '": empty range');
+    const chunks = [];
+    for (let i = 0; i < frames.length; i += size) {
+      chunks.push(compactFrames(frames.slice(i, i + size)));
+    }
+    return chunks;
+  });
+
+  defineGlobal("frameCount", function frameCount(range) {
+    return explodeFrameRange(asGoString(range)).length;
+  });
+
+  // ---- timestamps ----
+  // `job.created` is a Date.  V8 inside mini-racer does not know the peer's
+  // time zone, so Python passes the local UTC offset at job.created.
+  defineGlobal("formatTimestampLocal", function formatTimestampLocal(timestamp) {
+    const date = timestamp instanceof Date ? timestamp : new Date(timestamp);
+    if (Number.isNaN(date.getTime())) {
+      throw new Error("formatTimestampLocal(timestamp): not a valid timestamp: " + renderArg(timestamp) +
+        " (pass job.created)");
+    }
+    const local = new Date(date.getTime() + config.tzOffsetMinutes * 60000);
+    const pad = (n, width) => String(n).padStart(width, "0");
+    return pad(local.getUTCFullYear(), 4) + "-" + pad(local.getUTCMonth() + 1, 2) + "-" +
+      pad(local.getUTCDate(), 2) + "_" + pad(local.getUTCHours(), 2) +
+      pad(local.getUTCMinutes(), 2) + pad(local.getUTCSeconds(), 2);
+  });
+
+  // ---- shellSplit: POSIX-like word splitting (same rules as google/shlex) ----
+  defineGlobal("shellSplit", function shellSplit(input) {
+    const text = asGoString(input);
+    const isSpace = (c) => c === " " || c === "\t" || c === "\r" || c === "\n";
+    const words = [];
+    let word = null; // null: between words
+    let i = 0;
+    const fail = (why) => {
+      throw new Error("shellSplit(" + JSON.stringify(text) + "): " + why);
+    };
+    while (i < text.length) {
+      const c = text[i];
+      if (word === null) {
+        if (isSpace(c)) { i++; continue; }
+        if (c === "#") { // comment up to the end of the line
+          while (i < text.length && text[i] !== "\n") i++;
+          continue;
+        }
+        word = "";
+      }
+      if (isSpace(c)) {
+        words.push(word);
+        word = null;
+        i++;
+      } else if (c === "\\") {
+        if (i + 1 >= text.length) fail("EOF found after escape character");
+        word += text[i + 1];
+        i += 2;
+      } else if (c === "'") {
+        const close = text.indexOf("'", i + 1);
+        if (close < 0) fail("EOF found when expecting closing quote");
+        word += text.slice(i + 1, close);
+        i = close + 1;
+      } else if (c === '"') {
+        i++;
+        for (;;) {
+          if (i >= text.length) fail("EOF found when expecting closing quote");
+          const q = text[i];
+          if (q === '"') { i++; break; }
+          if (q === "\\") {
+            if (i + 1 >= text.length) fail("EOF found after escape character");
+            word += text[i + 1];
+            i += 2;
+          } else {
+            word += q;
+            i++;
+          }
+        }
+      } else {
+        word += c;
+        i++;
+      }
+    }
+    if (word !== null) words.push(word);
+    return words;
+  });
+
+  // ---- path module: cross-platform, always answers with forward slashes ----
+  const toSlash = (p) => p.replaceAll("\\", "/");
+
+  // Go's path.Clean: lexical, "/"-only.
+  function cleanPath(p) {
+    if (p === "") return ".";
+    const rooted = p[0] === "/";
+    const out = [];
+    for (const elem of p.split("/")) {
+      if (elem === "" || elem === ".") continue;
+      if (elem === "..") {
+        if (out.length > 0 && out[out.length - 1] !== "..") out.pop();
+        else if (!rooted) out.push("..");
+      } else {
+        out.push(elem);
+      }
+    }
+    const cleaned = (rooted ? "/" : "") + out.join("/");
+    return cleaned === "" ? "." : cleaned;
+  }
+
+  function basename(p) {
+    let s = toSlash(asGoString(p));
+    if (s === "") return ".";
+    while (s.length > 0 && s[s.length - 1] === "/") s = s.slice(0, -1);
+    if (s === "") return "/";
+    return s.slice(s.lastIndexOf("/") + 1);
+  }
+
+  // Not Go's path.Dir: no cleaning, so a UNC "//server" prefix survives.
+  function dirname(p) {
+    const s = toSlash(asGoString(p));
+    const slash = s.lastIndexOf("/");
+    if (slash < 0) return ".";
+    if (slash === 0) return "/";
+    return s.slice(0, slash);
+  }
+
+  // Joined and cleaned with "/" only, then backslashes converted, so runs of
+  // backslashes (UNC "\\server") are not collapsed.
+  function join() {
+    const parts = Array.prototype.map.call(arguments, asGoString).filter((s) => s !== "");
+    if (parts.length === 0) return "";
+    return toSlash(cleanPath(parts.join("/")));
+  }
+
+  function stem(p) {
+    const base = basename(p);
+    for (let i = base.length - 1; i >= 0 && base[i] !== "/"; i--) {
+      if (base[i] === ".") return base.slice(0, i);
+    }
+    return base;
+  }
+
+  const pathModule = Object.freeze({ basename: basename, dirname: dirname, join: join, stem: stem });
+
+  const processModule = Object.freeze({
+    get platform() { return config.platform; },
+    cwd: function cwd() {
+      if (config.cwd === null) throw new Error("process.cwd(): the working directory is not available");
+      return config.cwd;
+    },
+  });
+
+  const modules = { author: author, path: pathModule, process: processModule };
+
+  defineGlobal("author", author);
+  defineGlobal("path", pathModule);
+  defineGlobal("process", processModule);
+  defineGlobal("require", function require(name) {
+    const key = asGoString(name);
+    if (Object.prototype.hasOwnProperty.call(modules, key)) return modules[key];
+    throw new Error('require("' + key + '"): no such module; job-type scripts can require ' +
+      '"author", "path" and "process" only');
+  });
+
+  // Flamenco has neither; a script using them would break on a real Manager.
+  // mini-racer installs console and setTimeout/clearTimeout, so remove them.
+  delete global.console;
+  delete global.setTimeout;
+  delete global.clearTimeout;
+
+  // ---- the job object and the bridge to Python ----
+  function makeJob(input) {
+    const taskSnapshots = [];
+    const job = {
+      jobID: input.jobID,
+      name: input.name,
+      jobType: input.jobType,
+      priority: input.priority,
+      status: "under-construction",
+      created: new Date(input.createdMillis),
+      settings: input.settings,
+      metadata: input.metadata,
+      storage: { shamanCheckoutID: input.shamanCheckoutID },
+      workerTagUUID: input.workerTagUUID,
+    };
+    Object.defineProperty(job, "tasks", {
+      // A copy: tasks enter the job through job.addTask() only.
+      get: function () { return taskSnapshots.slice(); },
+      enumerable: true,
+    });
+    Object.defineProperty(job, "addTask", {
+      value: function addTask(task) {
+        if (!(task instanceof AuthoredTask)) {
+          throw new Error("job.addTask(task): expected a task made by author.Task(name, type), got " +
+            renderArg(task));
+        }
+        // A snapshot, like Flamenco's value copy: commands or dependencies
+        // added to the task after this call are not part of the job.
+        taskSnapshots.push({
+          uUID: task.uUID,
+          name: task.name,
+          type: task.type,
+          priority: task.priority,
+          commands: task.commands.map((cmd) => snapshotCommand(cmd, "task.commands")),
+          // Identity is the UUID; the name only serves error messages.
+          dependencies: task.dependencies.map((dep) =>
+            (dep instanceof AuthoredTask ? { uUID: dep.uUID, name: dep.name } : null)),
+        });
+      },
+      enumerable: false,
+    });
+    return { job: job, tasks: taskSnapshots };
+  }
+
+  function resultJSON(value) {
+    try {
+      return JSON.stringify(value);
+    } catch (err) {
+      return JSON.stringify({ invalidResult: String(err) });
+    }
+  }
+
+  const host = Object.freeze({
+    configure: function configure(options) {
+      Object.assign(config, options);
+      return "{}";
+    },
+    // JSON of a top-level binding of the script, e.g. JOB_TYPE.
+    exportValue: function exportValue(value) {
+      return resultJSON({ defined: value !== undefined, value: value === undefined ? null : value });
+    },
+    messages: function getMessages() {
+      return JSON.stringify({ messages: messages, dropped: droppedMessages });
+    },
+    compile: function compile(compileJob, input) {
+      if (typeof compileJob !== "function") return JSON.stringify({ noCompileFunction: true });
+      const built = makeJob(input);
+      compileJob.call(undefined, built.job);
+      const job = built.job;
+      return resultJSON({
+        name: job.name,
+        priority: job.priority,
+        settings: job.settings,
+        metadata: job.metadata,
+        tasks: built.tasks,
+      });
+    },
+  });
+
+  Object.defineProperty(global, "__flamencoPeerHost", {
+    value: host, writable: false, configurable: false, enumerable: false,
+  });
+})(globalThis);

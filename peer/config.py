@@ -1,0 +1,115 @@
+"""Where a peer keeps its files, and its settings file.
+
+A data dir holds:
+
+- ``config.toml``  settings (written with defaults on first run, edited by hand)
+- ``peer.sqlite``  the job store (SQLite, WAL)
+- ``logs/``        one plain-text log file per task
+- ``job_types/``   the user's own job-type scripts (override the built-ins)
+
+Command-line flags override the file; the file overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "flamenco-peer"
+DEFAULT_PORT = 8780
+
+
+def default_data_dir() -> Path:
+    override = os.environ.get("FLAMENCO_PEER_DATA_DIR")
+    if override:
+        return Path(override)
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+@dataclass
+class PeerConfig:
+    peer_id: str = ""
+    name: str = field(default_factory=socket.gethostname)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    # Worker side
+    worker: bool = True
+    blender: str = "blender"
+    blender_args: str = "-b -y"
+    ffmpeg: str = "ffmpeg"
+    enable_exec: bool = False
+    task_types: list[str] = field(
+        default_factory=lambda: ["blender", "ffmpeg", "file-management", "misc"]
+    )
+    # Coordinator side
+    worker_timeout_s: float = 30.0
+    compile_timeout_s: float = 5.0
+    compile_memory_mb: int = 256
+
+    def toml(self) -> str:
+        lines = [
+            "# Flamenco Peer settings. Command-line flags override these values.",
+            "# Delete a line to go back to its default.",
+        ]
+        for key, value in asdict(self).items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+class ConfigError(Exception):
+    pass
+
+
+def load_config(data_dir: Path) -> PeerConfig:
+    """Read ``config.toml``, creating it (with a new peer id) on first run."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "config.toml"
+    config = PeerConfig()
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML ({exc}); fix the line or delete the file to start fresh") from exc
+        known = {f.name: f for f in fields(PeerConfig)}
+        for key, value in raw.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{path}: unknown setting {key!r}; known settings are: {', '.join(sorted(known))}"
+                )
+            default = getattr(config, key)
+            if isinstance(default, bool) != isinstance(value, bool) or (
+                not isinstance(default, bool) and isinstance(default, (int, float)) and not isinstance(value, (int, float))
+            ) or (isinstance(default, str) and not isinstance(value, str)) or (
+                isinstance(default, list) and not isinstance(value, list)
+            ):
+                raise ConfigError(
+                    f"{path}: setting {key!r} must be a {type(default).__name__}, got {value!r}"
+                )
+            setattr(config, key, value)
+    if not config.peer_id:
+        config.peer_id = str(uuid.uuid4())
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(config.toml(), encoding="utf-8")
+        os.replace(tmp, path)
+    return config
+
+
+def config_path(data_dir: Path) -> Path:
+    return data_dir / "config.toml"

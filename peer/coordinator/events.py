@@ -1,0 +1,160 @@
+"""State-change events: the only way the job store changes.
+
+Every change to jobs, tasks and workers is one of these dataclasses. The
+coordinator decides (rules in ``status_machine``), emits events, and the store
+applies them. Applying an event is deterministic and needs no further
+decisions, so a follower peer that receives the same events (msgpack, via
+``to_wire``/``from_wire``) ends up with the same SQLite state. That is what the
+cluster layer replicates.
+
+Events carry their own timestamps for the same reason: a replica must not use
+its own clock when it applies them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class JobSubmitted(Event):
+    """A compiled job with all its tasks, stored atomically."""
+
+    kind: ClassVar[str] = "job-submitted"
+    job: dict[str, Any]
+    tasks: list[dict[str, Any]]
+    # (task_id, depends_on_task_id) pairs
+    dependencies: list[list[str]]
+
+
+@dataclass(frozen=True)
+class JobStatusChanged(Event):
+    kind: ClassVar[str] = "job-status-changed"
+    job_id: str
+    status: str
+    activity: str
+    at: str
+
+
+@dataclass(frozen=True)
+class JobPriorityChanged(Event):
+    kind: ClassVar[str] = "job-priority-changed"
+    job_id: str
+    priority: int
+    at: str
+
+
+@dataclass(frozen=True)
+class JobDeleted(Event):
+    kind: ClassVar[str] = "job-deleted"
+    job_id: str
+    at: str
+
+
+@dataclass(frozen=True)
+class TasksStatusChanged(Event):
+    """One or more tasks move to ``status``.
+
+    Side effects applied with it (Flamenco semantics): ``completed`` sets the
+    steps to the total, ``queued`` resets them to zero and unassigns the task.
+    """
+
+    kind: ClassVar[str] = "tasks-status-changed"
+    task_ids: list[str]
+    status: str
+    activity: str
+    at: str
+
+
+@dataclass(frozen=True)
+class TaskAssigned(Event):
+    kind: ClassVar[str] = "task-assigned"
+    task_id: str
+    worker_id: str
+    at: str
+
+
+@dataclass(frozen=True)
+class TaskProgressed(Event):
+    kind: ClassVar[str] = "task-progressed"
+    task_id: str
+    steps_completed: int | None
+    activity: str | None
+    at: str
+
+
+@dataclass(frozen=True)
+class TaskFailureRecorded(Event):
+    kind: ClassVar[str] = "task-failure-recorded"
+    task_id: str
+    worker_id: str
+    at: str
+
+
+@dataclass(frozen=True)
+class TaskFailuresCleared(Event):
+    kind: ClassVar[str] = "task-failures-cleared"
+    job_id: str
+    at: str
+
+
+@dataclass(frozen=True)
+class WorkerUpdated(Event):
+    """A worker signed on, changed status or signed off."""
+
+    kind: ClassVar[str] = "worker-updated"
+    worker_id: str
+    name: str
+    address: str
+    platform: str
+    software: str
+    status: str
+    supported_task_types: list[str] = field(default_factory=list)
+    at: str = ""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        JobSubmitted,
+        JobStatusChanged,
+        JobPriorityChanged,
+        JobDeleted,
+        TasksStatusChanged,
+        TaskAssigned,
+        TaskProgressed,
+        TaskFailureRecorded,
+        TaskFailuresCleared,
+        WorkerUpdated,
+    )
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    data = dict(data)
+    kind = data.pop("kind", None)
+    try:
+        cls = EVENT_TYPES[kind]
+    except KeyError:
+        raise ValueError(f"unknown event kind {kind!r}") from None
+    return cls(**data)
+
+
+def to_wire(event: Event) -> bytes:
+    return msgpack.packb(event.to_dict(), use_bin_type=True)
+
+
+def from_wire(blob: bytes) -> Event:
+    return event_from_dict(msgpack.unpackb(blob, raw=False))

@@ -1,0 +1,689 @@
+"""The coordinator: accepts jobs, compiles them, hands tasks to workers.
+
+This is the asyncio face of the job store. Every decision runs as one
+function on the DB thread inside one SQLite transaction (see ``_write``), so
+decisions are serialised and atomic; the event loop only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from ..compiler.loader import JobTypeRegistry
+from ..compiler.model import CompileError, CompileRequest
+from ..compiler.runtime import CompileLimits, compile_job_async
+from ..compiler.validation import validate_settings
+from . import events as ev
+from . import scheduler, status_machine
+from .dbthread import DBThread
+from .store import JobStore, Transaction
+from .tasklogs import TaskLogs
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WORKER_SETTABLE_TASK_STATUSES = ("active", "completed", "failed")
+
+
+class APIError(Exception):
+    """An error for the client: HTTP status plus a message that says what to do."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+@dataclass
+class WorkerPresence:
+    profile: scheduler.WorkerProfile
+    address: str
+    platform: str
+    software: str
+    last_seen: float = field(default_factory=time.monotonic)
+    status: str = "awake"
+
+
+@dataclass(frozen=True)
+class TaskUpdate:
+    task_status: str | None = None
+    activity: str | None = None
+    log: str | None = None
+    steps_completed: int | None = None
+
+
+class Coordinator:
+    def __init__(
+        self,
+        data_dir: Path,
+        registry: JobTypeRegistry,
+        *,
+        compile_limits: CompileLimits | None = None,
+        worker_timeout_s: float = 30.0,
+    ) -> None:
+        self.data_dir = data_dir
+        self.registry = registry
+        self.compile_limits = compile_limits or CompileLimits()
+        self.worker_timeout_s = worker_timeout_s
+        self.store = JobStore(data_dir / "peer.sqlite")
+        self.logs = TaskLogs(data_dir / "logs")
+        self.db = DBThread()
+        self._workers: dict[str, WorkerPresence] = {}
+        self._work_version = 0
+        self._work_changed = asyncio.Condition()
+        self._job_changed = asyncio.Condition()
+        self._timeout_task: asyncio.Task[None] | None = None
+        self._started_at = time.monotonic()
+
+    # --- life cycle ------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.db.run(self.store.open)
+        await self.db.run(self.registry.refresh)
+        # Workers that held tasks before a restart get one timeout period to
+        # come back and claim them; then the timeout checker requeues.
+        holders = await self.db.run(self._workers_holding_tasks)
+        for row in holders:
+            self._workers[row["id"]] = WorkerPresence(
+                profile=scheduler.WorkerProfile(row["id"], row["name"], tuple(json.loads(row["supported_task_types"]))),
+                address=row["address"], platform=row["platform"], software=row["software"],
+            )
+        self._timeout_task = asyncio.create_task(self._timeout_loop(), name="timeout-checker")
+
+    async def stop(self) -> None:
+        if self._timeout_task:
+            self._timeout_task.cancel()
+            try:
+                await self._timeout_task
+            except asyncio.CancelledError:
+                pass
+        await self.db.run(self.store.close)
+        self.db.shutdown()
+
+    def _workers_holding_tasks(self) -> list[Any]:
+        return self.store.read().query(
+            """SELECT w.* FROM workers w WHERE w.id IN (SELECT worker_id FROM tasks WHERE status='active')"""
+        )
+
+    # --- plumbing ---------------------------------------------------------
+
+    async def _write(self, fn: Callable[[Transaction], T]) -> T:
+        """Run ``fn`` in one transaction on the DB thread, then write task logs."""
+
+        def run() -> tuple[T, Transaction]:
+            with self.store.transaction() as tx:
+                result = fn(tx)
+                paths = self._index_task_logs(tx)
+            for task_id, line in tx.task_log_lines:
+                if task_id in paths:
+                    self.logs.append(paths[task_id], line + "\n")
+            return result, tx
+
+        result, tx = await self.db.run(run)
+        if tx.emitted:
+            await self._after_events(tx.emitted)
+        return result
+
+    def _index_task_logs(self, tx: Transaction) -> dict[str, Path]:
+        """Record (once) where each task's log lives; returns task id -> path."""
+        paths: dict[str, Path] = {}
+        for task_id in dict.fromkeys(t for t, _ in tx.task_log_lines):
+            row = tx.query_one(
+                "SELECT l.path, t.job_id FROM tasks t LEFT JOIN task_logs l ON l.task_id=t.id WHERE t.id=?",
+                (task_id,),
+            )
+            if row is None:  # deleted job: nothing to log to
+                continue
+            if row["path"] is None:
+                path = self.logs.path_for(task_id, row["job_id"])
+                tx.conn.execute(
+                    "INSERT INTO task_logs (task_id, job_id, path) VALUES (?, ?, ?)",
+                    (task_id, row["job_id"], str(path.relative_to(self.logs.root))),
+                )
+                paths[task_id] = path
+            else:
+                paths[task_id] = self.logs.root / row["path"]
+        return paths
+
+    async def _read(self, fn: Callable[[Transaction], T]) -> T:
+        return await self.db.run(lambda: fn(self.store.read()))
+
+    async def _after_events(self, emitted: list[ev.Event]) -> None:
+        async with self._job_changed:
+            self._job_changed.notify_all()
+        if any(_may_free_work(e) for e in emitted):
+            self._work_version += 1
+            async with self._work_changed:
+                self._work_changed.notify_all()
+
+    async def wait_for_job_change(self, timeout: float) -> None:
+        async with self._job_changed:
+            try:
+                await asyncio.wait_for(self._job_changed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    # --- job types --------------------------------------------------------
+
+    async def job_types(self) -> list[dict[str, Any]]:
+        await self.db.run(self.registry.refresh)
+        return [s.job_type for s in self.registry.list()]
+
+    async def job_type(self, name: str) -> dict[str, Any]:
+        await self.db.run(self.registry.refresh)
+        script = self.registry.get(name)
+        if script is None:
+            raise APIError(404, self._unknown_job_type_message(name))
+        return script.job_type
+
+    def _unknown_job_type_message(self, name: str) -> str:
+        known = ", ".join(s.name for s in self.registry.list()) or "none"
+        broken = [e for e in self.registry.errors() if e.name == name]
+        if broken:
+            return f"job type {name!r} failed to load: {broken[0].message}"
+        return f"job type unknown: {name!r}; this farm has: {known}"
+
+    # --- submission -------------------------------------------------------
+
+    async def submit_job(self, submitted: Any, *, check_only: bool = False) -> dict[str, Any] | None:
+        job = _parse_submitted_job(submitted)
+        await self.db.run(self.registry.refresh)
+        script = self.registry.get(job["type"])
+        if script is None:
+            raise APIError(400, self._unknown_job_type_message(job["type"]))
+        etag = script.job_type.get("etag", "")
+        if job["type_etag"] and job["type_etag"] != etag:
+            raise APIError(
+                412,
+                f"rejecting job because its settings are outdated, refresh the job type "
+                f"(job type etag does not match: expecting {etag!r}, submitted job has {job['type_etag']!r})",
+            )
+        problems = validate_settings(script.job_type, job["settings"])
+        if problems:
+            raise APIError(400, f"invalid settings for job type {job['type']!r}: " + "; ".join(problems))
+
+        job_id = str(uuid.uuid4())
+        created = datetime.now().astimezone()
+        request = CompileRequest(
+            job_id=job_id, name=job["name"], job_type=job["type"], priority=job["priority"],
+            settings=job["settings"], metadata=job["metadata"], worker_tag=job["worker_tag"],
+            shaman_checkout_id=job["shaman_checkout_id"], created=created,
+        )
+        try:
+            compiled = await compile_job_async(script, request, self.compile_limits)
+        except CompileError as exc:
+            raise APIError(400, exc.message, kind=exc.kind) from None
+        if check_only:
+            return None
+
+        at = created.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        status = job["initial_status"]
+        job_row = {
+            "id": job_id, "name": compiled.name, "type": job["type"], "type_etag": job["type_etag"],
+            "priority": compiled.priority, "status": status, "activity": "",
+            "settings": compiled.settings, "metadata": compiled.metadata,
+            "submitter_platform": job["submitter_platform"], "worker_tag": job["worker_tag"],
+            "shaman_checkout_id": job["shaman_checkout_id"], "created": at,
+        }
+        tasks = [
+            {
+                "id": t.uuid, "index_in_job": t.index_in_job, "name": t.name, "type": t.type,
+                "priority": t.priority, "commands": [c.to_dict() for c in t.commands],
+                "steps_total": t.steps_total,
+            }
+            for t in compiled.tasks
+        ]
+        deps = [[t.uuid, d] for t in compiled.tasks for d in t.dependencies]
+        submitted_event = ev.JobSubmitted(job=job_row, tasks=tasks, dependencies=deps)
+
+        def store(tx: Transaction) -> dict[str, Any]:
+            tx.emit(submitted_event)
+            if status == "queued" and not tasks:
+                status_machine.set_job_status_after_submit(tx, job_id, at)
+            return _job_dict(tx, job_id)
+
+        result = await self._write(store)
+        log.info("job %s %r (%s) stored with %d tasks", job_id, compiled.name, job["type"], len(tasks))
+        return result
+
+    # --- queries ----------------------------------------------------------
+
+    async def list_jobs(self) -> list[dict[str, Any]]:
+        return await self._read(lambda tx: [
+            _job_dict(tx, r["id"]) for r in tx.query("SELECT id FROM jobs ORDER BY seq")
+        ])
+
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        job = await self._read(lambda tx: _job_dict(tx, job_id))
+        if job is None:
+            raise APIError(404, f"no job with id {job_id!r}; list jobs with `flamenco-peer jobs`")
+        return job
+
+    async def job_tasks(self, job_id: str) -> list[dict[str, Any]]:
+        await self.get_job(job_id)
+        return await self._read(lambda tx: [
+            _task_summary(r) for r in tx.query(
+                """SELECT t.*, w.name AS worker_name, w.address AS worker_address FROM tasks t
+                   LEFT JOIN workers w ON w.id = t.worker_id WHERE t.job_id=? ORDER BY t.index_in_job""",
+                (job_id,),
+            )
+        ])
+
+    async def get_task(self, task_id: str) -> dict[str, Any]:
+        task = await self._read(lambda tx: _task_dict(tx, task_id))
+        if task is None:
+            raise APIError(404, f"no task with id {task_id!r}; list a job's tasks with `flamenco-peer tasks JOB`")
+        return task
+
+    async def task_log_path(self, task_id: str) -> Path:
+        task = await self.get_task(task_id)
+        return self.logs.path_for(task["id"], task["job_id"])
+
+    async def task_log_tail(self, task_id: str, max_bytes: int = 2048) -> str:
+        path = await self.task_log_path(task_id)
+        return await self.db.run(self.logs.tail, path, max_bytes)
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        rows = await self._read(lambda tx: tx.query("SELECT * FROM workers ORDER BY name"))
+        out = []
+        for r in rows:
+            presence = self._workers.get(r["id"])
+            status = r["status"]
+            if presence is None and status not in ("offline", "error"):
+                status = "offline"
+            item = {
+                "id": r["id"], "name": r["name"], "status": status, "version": r["software"],
+                "can_restart": False,
+            }
+            if presence is not None:
+                item["last_seen"] = _monotonic_to_iso(presence.last_seen)
+            out.append(item)
+        return out
+
+    async def get_worker(self, worker_id: str) -> dict[str, Any]:
+        for item in await self.list_workers():
+            if item["id"] == worker_id:
+                row = await self._read(lambda tx: tx.query_one("SELECT * FROM workers WHERE id=?", (worker_id,)))
+                item.update(
+                    ip_address=row["address"], platform=row["platform"],
+                    supported_task_types=json.loads(row["supported_task_types"]),
+                )
+                current = await self._read(lambda tx: tx.query_one(
+                    "SELECT * FROM tasks WHERE worker_id=? AND status='active' LIMIT 1", (worker_id,)))
+                if current is not None:
+                    item["task"] = {**_task_summary(current), "job_id": current["job_id"]}
+                return item
+        raise APIError(404, f"no worker with id {worker_id!r}; list workers with `flamenco-peer workers`")
+
+    # --- job actions ------------------------------------------------------
+
+    async def set_job_status(self, job_id: str, status: str, reason: str) -> None:
+        await self.get_job(job_id)
+
+        def change(tx: Transaction) -> None:
+            try:
+                status_machine.request_job_status(tx, job_id, status, reason, status_machine.now())
+            except status_machine.TransitionRefused as exc:
+                raise APIError(422, str(exc)) from None
+
+        await self._write(change)
+
+    async def set_job_priority(self, job_id: str, priority: int) -> None:
+        await self.get_job(job_id)
+        at = status_machine.now()
+        await self._write(lambda tx: tx.emit(ev.JobPriorityChanged(job_id=job_id, priority=priority, at=at)))
+        self._work_version += 1
+
+    async def delete_job(self, job_id: str) -> None:
+        job = await self.get_job(job_id)
+        at = status_machine.now()
+
+        def delete(tx: Transaction) -> None:
+            # Workers still running its tasks learn through their next update.
+            tx.emit(ev.JobDeleted(job_id=job_id, at=at))
+
+        await self._write(delete)
+        await self.db.run(self.logs.delete_job, job["id"])
+
+    async def set_task_status(self, task_id: str, status: str, reason: str) -> None:
+        await self.get_task(task_id)
+        if status not in ("queued", "canceled"):
+            raise APIError(
+                422, f"a task can only be requeued ('queued') or canceled ('canceled') by request, not set to {status!r}"
+            )
+        at = status_machine.now()
+
+        def change(tx: Transaction) -> None:
+            if status == "queued":
+                tx.emit(ev.TaskFailuresCleared(job_id=tx.query_one("SELECT job_id FROM tasks WHERE id=?", (task_id,))["job_id"], at=at))
+            status_machine.set_tasks_status(tx, [task_id], status, reason or f"Set to {status} on request", at)
+
+        await self._write(change)
+
+    # --- worker protocol --------------------------------------------------
+
+    async def sign_on(
+        self, worker_id: str, name: str, address: str, platform: str, software: str,
+        supported_task_types: list[str], current_task: str | None,
+    ) -> None:
+        profile = scheduler.WorkerProfile(worker_id, name, tuple(t.lower() for t in supported_task_types))
+        self._workers[worker_id] = WorkerPresence(profile, address, platform, software)
+        at = status_machine.now()
+
+        def register(tx: Transaction) -> None:
+            tx.emit(ev.WorkerUpdated(
+                worker_id=worker_id, name=name, address=address, platform=platform, software=software,
+                status="awake", supported_task_types=list(profile.supported_task_types), at=at,
+            ))
+            # Whatever this worker held before and no longer runs is lost: requeue it.
+            orphans = [
+                r["id"] for r in tx.query(
+                    "SELECT id FROM tasks WHERE worker_id=? AND status='active'", (worker_id,))
+                if r["id"] != current_task
+            ]
+            if orphans:
+                status_machine.requeue_tasks(tx, orphans, f"worker {name} restarted and no longer runs it", at)
+
+        await self._write(register)
+
+    async def sign_off(self, worker_id: str) -> None:
+        presence = self._workers.pop(worker_id, None)
+        if presence is None:
+            return
+        await self._mark_worker_gone(worker_id, presence, "offline", f"worker {presence.profile.name} signed off")
+
+    async def _mark_worker_gone(self, worker_id: str, presence: WorkerPresence, status: str, why: str) -> None:
+        at = status_machine.now()
+
+        def gone(tx: Transaction) -> None:
+            p = presence
+            tx.emit(ev.WorkerUpdated(
+                worker_id=worker_id, name=p.profile.name, address=p.address, platform=p.platform,
+                software=p.software, status=status, supported_task_types=list(p.profile.supported_task_types), at=at,
+            ))
+            active = [r["id"] for r in tx.query("SELECT id FROM tasks WHERE worker_id=? AND status='active'", (worker_id,))]
+            if active:
+                status_machine.requeue_tasks(tx, active, why, at)
+
+        await self._write(gone)
+
+    def _presence(self, worker_id: str) -> WorkerPresence:
+        presence = self._workers.get(worker_id)
+        if presence is None:
+            raise APIError(403, f"worker {worker_id} is not signed on; it must sign on again", sign_on=True)
+        presence.last_seen = time.monotonic()
+        return presence
+
+    async def claim_task(self, worker_id: str, wait_s: float) -> dict[str, Any] | None:
+        """Long-poll: return an assigned task as soon as one is available, or None after ``wait_s``."""
+        deadline = time.monotonic() + max(0.0, min(wait_s, 60.0))
+        while True:
+            presence = self._presence(worker_id)
+            version = self._work_version
+            at = status_machine.now()
+
+            def claim(tx: Transaction) -> str | None:
+                current = scheduler.current_task_of(tx, worker_id)
+                if current is not None:
+                    return current
+                return scheduler.assign_next_task(tx, presence.profile, at)
+
+            task_id = await self._write(claim)
+            if task_id is not None:
+                return await self._read(lambda tx: _assigned_task(tx, task_id))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if version != self._work_version:
+                continue
+            async with self._work_changed:
+                if version == self._work_version:
+                    try:
+                        await asyncio.wait_for(self._work_changed.wait(), remaining)
+                    except TimeoutError:
+                        pass
+
+    async def task_update(self, worker_id: str, task_id: str, update: TaskUpdate) -> dict[str, Any]:
+        """Apply a worker's report. Returns ``{"may_keep_running": bool, "reason": str}``."""
+        presence = self._presence(worker_id)
+        if update.task_status is not None and update.task_status not in WORKER_SETTABLE_TASK_STATUSES:
+            raise APIError(400, f"a worker may set a task to {', '.join(WORKER_SETTABLE_TASK_STATUSES)}, not {update.task_status!r}")
+        at = status_machine.now()
+        eligible = self._eligible_workers_for(task_id, exclude=worker_id)
+
+        def apply(tx: Transaction) -> dict[str, Any]:
+            row = tx.query_one(
+                "SELECT t.status, t.worker_id, t.job_id, t.type, j.status AS job_status FROM tasks t "
+                "JOIN jobs j ON j.id=t.job_id WHERE t.id=?", (task_id,))
+            if row is None:
+                return {"may_keep_running": False, "reason": "Task not found (its job was deleted)", "code": 404}
+            if row["worker_id"] != worker_id:
+                return {"may_keep_running": False, "reason": "task not assigned to this worker", "code": 409}
+            if update.log:
+                tx.task_log(task_id, update.log.rstrip("\n"))
+            if row["status"] != "active":
+                return {"may_keep_running": False, "reason": f'task is in non-runnable status "{row["status"]}"', "code": 409}
+            if update.steps_completed is not None or update.activity is not None or update.task_status is None:
+                tx.emit(ev.TaskProgressed(task_id=task_id, steps_completed=update.steps_completed, activity=update.activity, at=at))
+            if update.task_status == "completed":
+                status_machine.set_tasks_status(tx, [task_id], "completed", update.activity or "Completed", at)
+                return {"may_keep_running": False, "reason": "task completed", "code": 200}
+            if update.task_status == "failed":
+                n = eligible(tx, row["job_id"], row["type"])
+                status_machine.task_failed_by_worker(tx, task_id, worker_id, update.activity or "failed", n, at)
+                return {"may_keep_running": False, "reason": "task failed", "code": 200}
+            return {"may_keep_running": True, "reason": "", "code": 200}
+
+        result = await self._write(apply)
+        code = result.pop("code")
+        if code in (404, 409):
+            raise APIError(code, result["reason"], **result)
+        return result
+
+    def _eligible_workers_for(self, task_id: str, exclude: str) -> Callable[[Transaction, str, str], int]:
+        """Count live workers (other than ``exclude``) that could retry this task."""
+        candidates = [
+            wid for wid, p in self._workers.items()
+            if wid != exclude and p.status == "awake"
+        ]
+        profiles = {wid: self._workers[wid].profile for wid in candidates}
+
+        def count(tx: Transaction, job_id: str, task_type: str) -> int:
+            failed = {r["worker_id"] for r in tx.query("SELECT worker_id FROM task_failures WHERE task_id=?", (task_id,))}
+            return sum(
+                1 for wid, prof in profiles.items()
+                if wid not in failed and task_type in prof.supported_task_types
+            )
+
+        return count
+
+    # --- timeouts ---------------------------------------------------------
+
+    async def _timeout_loop(self) -> None:
+        interval = max(0.2, min(2.0, self.worker_timeout_s / 5))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_timeouts()
+            except Exception:  # the checker must survive any single failure
+                log.exception("timeout check failed")
+
+    async def check_timeouts(self) -> None:
+        limit = time.monotonic() - self.worker_timeout_s
+        for worker_id, presence in list(self._workers.items()):
+            if presence.last_seen < limit:
+                self._workers.pop(worker_id, None)
+                log.warning("worker %s timed out; requeueing its tasks", presence.profile.name)
+                await self._mark_worker_gone(
+                    worker_id, presence, "error",
+                    f"worker {presence.profile.name} timed out (not seen for {self.worker_timeout_s:.0f} s)",
+                )
+
+    # --- farm status ------------------------------------------------------
+
+    async def farm_status(self) -> str:
+        counts = await self._read(lambda tx: {
+            r["status"]: r["n"] for r in tx.query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        })
+        if not self._workers:
+            return "inoperative"
+        if counts.get("active") or counts.get("queued"):
+            return "active"
+        return "idle"
+
+
+def _may_free_work(e: ev.Event) -> bool:
+    if isinstance(e, ev.JobSubmitted):
+        return True
+    if isinstance(e, ev.TasksStatusChanged):
+        return e.status in ("queued", "soft-failed", "completed")
+    if isinstance(e, ev.JobStatusChanged):
+        return e.status in ("queued", "active")
+    return isinstance(e, (ev.JobPriorityChanged, ev.TaskFailuresCleared))
+
+
+def _monotonic_to_iso(mono: float) -> str:
+    wall = time.time() - (time.monotonic() - mono)
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --- payload parsing and shaping -------------------------------------------
+
+
+def _parse_submitted_job(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object (a Flamenco SubmittedJob)")
+    problems = []
+    for key in ("name", "type", "submitter_platform"):
+        if not isinstance(body.get(key), str) or not body.get(key).strip():
+            problems.append(f"'{key}' is required and must be a non-empty string")
+    priority = body.get("priority", 50)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
+        problems.append(f"'priority' must be an integer from 0 to 100, got {priority!r}")
+    settings = body.get("settings", {})
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        problems.append("'settings' must be an object")
+    metadata = body.get("metadata", {}) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        problems.append("'metadata' must be an object of strings")
+    storage = body.get("storage") or {}
+    if not isinstance(storage, dict):
+        problems.append("'storage' must be an object")
+        storage = {}
+    initial = body.get("initial_status", "queued") or "queued"
+    if initial not in ("queued", "paused"):
+        problems.append(f"'initial_status' must be 'queued' or 'paused', got {initial!r}")
+    etag = body.get("type_etag") or ""
+    if not isinstance(etag, str):
+        problems.append("'type_etag' must be a string")
+    tag = body.get("worker_tag") or ""
+    if not isinstance(tag, str):
+        problems.append("'worker_tag' must be a string")
+    if problems:
+        raise APIError(400, "invalid job submission: " + "; ".join(problems))
+    return {
+        "name": body["name"], "type": body["type"], "priority": priority, "settings": dict(settings),
+        "metadata": dict(metadata), "submitter_platform": body["submitter_platform"],
+        "type_etag": etag, "worker_tag": tag,
+        "shaman_checkout_id": str(storage.get("shaman_checkout_id") or ""), "initial_status": initial,
+    }
+
+
+def _job_dict(tx: Transaction, job_id: str) -> dict[str, Any] | None:
+    r = tx.query_one("SELECT * FROM jobs WHERE id=?", (job_id,))
+    if r is None:
+        return None
+    steps = tx.query_one(
+        "SELECT COALESCE(SUM(steps_completed),0) AS done, COALESCE(SUM(steps_total),0) AS total FROM tasks WHERE job_id=?",
+        (job_id,),
+    )
+    job: dict[str, Any] = {
+        "id": r["id"], "name": r["name"], "type": r["type"], "priority": r["priority"],
+        "settings": json.loads(r["settings"]), "metadata": json.loads(r["metadata"]),
+        "submitter_platform": r["submitter_platform"], "created": r["created"], "updated": r["updated"],
+        "status": r["status"], "activity": r["activity"],
+        "steps_completed": steps["done"], "steps_total": steps["total"],
+    }
+    if r["type_etag"]:
+        job["type_etag"] = r["type_etag"]
+    if r["worker_tag"]:
+        job["worker_tag"] = r["worker_tag"]
+    if r["shaman_checkout_id"]:
+        job["storage"] = {"shaman_checkout_id": r["shaman_checkout_id"]}
+    return job
+
+
+def _task_worker(r: Any) -> dict[str, str] | None:
+    if not r["worker_id"]:
+        return None
+    keys = r.keys()
+    return {
+        "id": r["worker_id"],
+        "name": (r["worker_name"] if "worker_name" in keys else None) or r["worker_id"],
+        "address": (r["worker_address"] if "worker_address" in keys else None) or "",
+    }
+
+
+def _task_summary(r: Any) -> dict[str, Any]:
+    item = {
+        "id": r["id"], "name": r["name"], "status": r["status"], "index_in_job": r["index_in_job"],
+        "priority": r["priority"], "task_type": r["type"], "updated": r["updated"],
+        "steps_completed": r["steps_completed"], "steps_total": r["steps_total"],
+    }
+    worker = _task_worker(r)
+    if worker:
+        item["worker"] = worker
+    return item
+
+
+def _task_dict(tx: Transaction, task_id: str) -> dict[str, Any] | None:
+    r = tx.query_one(
+        """SELECT t.*, w.name AS worker_name, w.address AS worker_address FROM tasks t
+           LEFT JOIN workers w ON w.id = t.worker_id WHERE t.id=?""", (task_id,))
+    if r is None:
+        return None
+    task = {
+        "id": r["id"], "created": r["created"], "updated": r["updated"], "job_id": r["job_id"],
+        "index_in_job": r["index_in_job"], "name": r["name"], "status": r["status"],
+        "priority": r["priority"], "task_type": r["type"], "activity": r["activity"],
+        "commands": json.loads(r["commands"]), "steps_completed": r["steps_completed"],
+        "steps_total": r["steps_total"],
+    }
+    worker = _task_worker(r)
+    if worker:
+        task["worker"] = worker
+    if r["last_touched"]:
+        task["last_touched"] = r["last_touched"]
+    failed = tx.query(
+        """SELECT f.worker_id, w.name, w.address FROM task_failures f LEFT JOIN workers w ON w.id=f.worker_id
+           WHERE f.task_id=? ORDER BY f.at""", (task_id,))
+    task["failed_by_workers"] = [
+        {"id": f["worker_id"], "name": f["name"] or f["worker_id"], "address": f["address"] or ""} for f in failed
+    ]
+    task["dependencies"] = [
+        d["depends_on"] for d in tx.query("SELECT depends_on FROM task_dependencies WHERE task_id=?", (task_id,))
+    ]
+    return task
+
+
+def _assigned_task(tx: Transaction, task_id: str) -> dict[str, Any]:
+    r = tx.query_one(
+        """SELECT t.*, j.priority AS job_priority, j.type AS job_type, j.name AS job_name FROM tasks t
+           JOIN jobs j ON j.id = t.job_id WHERE t.id=?""", (task_id,))
+    return {
+        "uuid": r["id"], "job": r["job_id"], "name": r["name"], "status": r["status"],
+        "priority": r["priority"], "job_priority": r["job_priority"], "job_type": r["job_type"],
+        "task_type": r["type"], "commands": json.loads(r["commands"]),
+        "steps_completed": r["steps_completed"], "steps_total": r["steps_total"],
+    }

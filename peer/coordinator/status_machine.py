@@ -1,0 +1,278 @@
+"""Flamenco's job and task status rules, as event emitters.
+
+The rules follow Flamenco 3's task state machine (see
+``docs/status-rules.md`` for the table and where we deliberately differ).
+Every function reads the current state through a :class:`Transaction` and
+emits explicit events; it never writes SQL itself. A follower replaying the
+events therefore needs none of this logic.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+from . import events as ev
+from .store import Transaction
+
+JOB_STATUSES = (
+    "under-construction", "queued", "active", "paused", "pause-requested",
+    "cancel-requested", "canceled", "completed", "failed", "requeueing",
+)
+TASK_STATUSES = ("queued", "active", "soft-failed", "failed", "completed", "canceled", "paused")
+
+# A job fails when at least this percentage of its tasks failed (Flamenco: 10).
+JOB_FAIL_PERCENTAGE = 10
+# Distinct workers that may fail a task before it is failed for good (Flamenco: 3).
+TASK_FAIL_AFTER_SOFTFAIL_COUNT = 3
+
+# Statuses a human (CLI, add-on, dashboard) may request for a job, and the
+# job statuses from which each request makes sense.
+JOB_STATUS_REQUESTS: dict[str, frozenset[str]] = {
+    "cancel-requested": frozenset({"active", "failed", "paused", "pause-requested", "queued", "requeueing"}),
+    "pause-requested": frozenset({"active", "canceled", "queued", "requeueing"}),
+    "requeueing": frozenset({"canceled", "completed", "failed", "paused", "pause-requested"}),
+}
+
+
+class TransitionRefused(Exception):
+    """A human-requested status change that makes no sense now (HTTP 422)."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _job_status(tx: Transaction, job_id: str) -> str:
+    row = tx.query_one("SELECT status FROM jobs WHERE id=?", (job_id,))
+    if row is None:
+        raise KeyError(job_id)
+    return row["status"]
+
+
+def _task_counts(tx: Transaction, job_id: str) -> dict[str, int]:
+    rows = tx.query("SELECT status, COUNT(*) AS n FROM tasks WHERE job_id=? GROUP BY status", (job_id,))
+    return {r["status"]: r["n"] for r in rows}
+
+
+def _emit_job_status(tx: Transaction, job_id: str, status: str, activity: str, at: str) -> None:
+    previous = _job_status(tx, job_id)
+    tx.emit(ev.JobStatusChanged(job_id=job_id, status=status, activity=activity, at=at))
+    _after_job_status_change(tx, job_id, status, previous, at)
+
+
+# --- task status changes ---------------------------------------------------
+
+
+def set_tasks_status(tx: Transaction, task_ids: list[str], status: str, activity: str, at: str) -> None:
+    """Change tasks' status and then apply the automatic job rules."""
+    if status not in TASK_STATUSES:
+        raise ValueError(f"unknown task status {status!r}")
+    if not task_ids:
+        return
+    marks = ",".join("?" * len(task_ids))
+    rows = tx.query(f"SELECT id, job_id, status FROM tasks WHERE id IN ({marks})", tuple(task_ids))
+    changing = [r for r in rows if r["status"] != status]
+    if not changing:
+        return
+    tx.emit(ev.TasksStatusChanged(task_ids=[r["id"] for r in changing], status=status, activity=activity, at=at))
+    for r in changing:
+        tx.task_log(r["id"], f"{at} task changed status {r['status']} -> {status}")
+    for job_id in dict.fromkeys(r["job_id"] for r in changing):
+        update_job_after_task_change(tx, job_id, status, at)
+
+
+def update_job_after_task_change(tx: Transaction, job_id: str, task_status: str, at: str) -> None:
+    job_status = _job_status(tx, job_id)
+    counts = _task_counts(tx, job_id)
+    total = sum(counts.values())
+
+    if task_status in ("active", "soft-failed"):
+        # Flamenco also flips a pause-requested job back to active here; we
+        # keep the pause request so the user's "pause" is not silently lost.
+        if job_status == "queued":
+            _emit_job_status(tx, job_id, "active", "", at)
+        return
+
+    if task_status == "completed":
+        if counts.get("completed", 0) == total:
+            _emit_job_status(tx, job_id, "completed", "All tasks completed", at)
+        elif _maybe_finish_pause(tx, job_id, job_status, counts, at):
+            pass
+        elif job_status == "queued":
+            _emit_job_status(tx, job_id, "active", "", at)
+        return
+
+    if task_status == "failed":
+        failed = counts.get("failed", 0)
+        if total and math.floor(failed / total * 100) >= JOB_FAIL_PERCENTAGE:
+            if job_status not in ("failed", "canceled", "cancel-requested"):
+                _emit_job_status(
+                    tx, job_id, "failed",
+                    f"{failed} of {total} tasks failed ({JOB_FAIL_PERCENTAGE}% or more)", at,
+                )
+        elif _maybe_finish_pause(tx, job_id, job_status, counts, at):
+            pass
+        elif job_status == "queued":
+            _emit_job_status(tx, job_id, "active", "", at)
+        return
+
+    if task_status == "canceled":
+        if not any(counts.get(s, 0) for s in ("active", "queued", "soft-failed")):
+            if job_status not in ("canceled", "failed", "completed"):
+                _emit_job_status(tx, job_id, "canceled", "All tasks were canceled", at)
+        else:
+            _maybe_finish_pause(tx, job_id, job_status, counts, at)
+        return
+
+    if task_status == "paused":
+        _maybe_finish_pause(tx, job_id, job_status, counts, at)
+        return
+
+    if task_status == "queued":
+        if job_status == "completed":
+            # Flamenco: requeueing one task of a completed job requeues the job.
+            _emit_job_status(tx, job_id, "requeueing", "Task was requeued", at)
+        return
+
+
+def _maybe_finish_pause(tx: Transaction, job_id: str, job_status: str, counts: dict[str, int], at: str) -> bool:
+    if job_status == "pause-requested" and counts.get("active", 0) == 0:
+        _emit_job_status(tx, job_id, "paused", "All active tasks finished; job paused", at)
+        return True
+    return False
+
+
+# --- job status changes ----------------------------------------------------
+
+
+def request_job_status(tx: Transaction, job_id: str, status: str, reason: str, at: str) -> None:
+    """A human asked for ``status``: validate, then change and cascade."""
+    current = _job_status(tx, job_id)
+    allowed_from = JOB_STATUS_REQUESTS.get(status)
+    if allowed_from is None:
+        raise TransitionRefused(
+            f"a job's status cannot be set to {status!r} by request; "
+            f"use one of: {', '.join(sorted(JOB_STATUS_REQUESTS))} (cancel, pause, requeue)"
+        )
+    if current == status:
+        return
+    if current not in allowed_from:
+        raise TransitionRefused(
+            f"job is {current!r}; it cannot go to {status!r} from there "
+            f"(allowed from: {', '.join(sorted(allowed_from))})"
+        )
+    if status == "requeueing":
+        # As Flamenco's web UI does: a human requeue forgets earlier failures.
+        tx.emit(ev.TaskFailuresCleared(job_id=job_id, at=at))
+    _emit_job_status(tx, job_id, status, reason, at)
+
+
+def _tasks_with_status(tx: Transaction, job_id: str, statuses: tuple[str, ...]) -> list[str]:
+    marks = ",".join("?" * len(statuses))
+    rows = tx.query(
+        f"SELECT id FROM tasks WHERE job_id=? AND status IN ({marks}) ORDER BY index_in_job",
+        (job_id, *statuses),
+    )
+    return [r["id"] for r in rows]
+
+
+def _bulk_task_status(tx: Transaction, task_ids: list[str], status: str, activity: str, at: str) -> None:
+    if not task_ids:
+        return
+    rows = tx.query(
+        f"SELECT id, status FROM tasks WHERE id IN ({','.join('?' * len(task_ids))})", tuple(task_ids)
+    )
+    tx.emit(ev.TasksStatusChanged(task_ids=task_ids, status=status, activity=activity, at=at))
+    for r in rows:
+        tx.task_log(r["id"], f"{at} task changed status {r['status']} -> {status}")
+
+
+def _after_job_status_change(tx: Transaction, job_id: str, status: str, previous: str, at: str) -> None:
+    if status in ("cancel-requested", "failed"):
+        remaining = _tasks_with_status(tx, job_id, ("active", "queued", "soft-failed", "paused"))
+        why = "Job was canceled" if status == "cancel-requested" else "Job failed"
+        _bulk_task_status(tx, remaining, "canceled", why, at)
+        if status == "cancel-requested":
+            _emit_job_status(tx, job_id, "canceled", "Canceled on request", at)
+        return
+
+    if status == "pause-requested":
+        _bulk_task_status(
+            tx, _tasks_with_status(tx, job_id, ("queued", "soft-failed")), "paused", "Job was paused", at
+        )
+        if not _tasks_with_status(tx, job_id, ("active",)):
+            _emit_job_status(tx, job_id, "paused", "Job paused", at)
+        return
+
+    if status == "requeueing":
+        if previous == "completed":
+            to_queue = _tasks_with_status(tx, job_id, ("completed",))
+        else:
+            to_queue = _tasks_with_status(tx, job_id, ("canceled", "failed", "paused", "soft-failed"))
+        _bulk_task_status(tx, to_queue, "queued", "Requeued", at)
+        _emit_job_status(tx, job_id, "queued", "Requeued", at)
+        return
+
+    if status == "queued":
+        counts = _task_counts(tx, job_id)
+        total = sum(counts.values())
+        if total and counts.get("completed", 0) == total:
+            _emit_job_status(tx, job_id, "completed", "All tasks completed", at)
+        return
+
+
+# --- failures ----------------------------------------------------------------
+
+
+def task_failed_by_worker(
+    tx: Transaction, task_id: str, worker_id: str, message: str, eligible_workers: int, at: str
+) -> str:
+    """Record a worker's failure of a task; soft-fail or fail it. Returns the new status.
+
+    ``eligible_workers`` counts the workers that could still run this task
+    (known, supporting its type, not yet failed on it). When none is left,
+    retrying cannot help and the task fails at once.
+    """
+    tx.emit(ev.TaskFailureRecorded(task_id=task_id, worker_id=worker_id, at=at))
+    failures = tx.query_one("SELECT COUNT(*) AS n FROM task_failures WHERE task_id=?", (task_id,))["n"]
+    if failures >= TASK_FAIL_AFTER_SOFTFAIL_COUNT:
+        status = "failed"
+        activity = f"Failed by {failures} workers: {message}"
+    elif eligible_workers <= 0:
+        status = "failed"
+        activity = f"Failed, and no other worker can run it: {message}"
+    else:
+        status = "soft-failed"
+        left = TASK_FAIL_AFTER_SOFTFAIL_COUNT - failures
+        activity = f"Soft failure ({left} more failures will fail it): {message}"
+    set_tasks_status(tx, [task_id], status, activity, at)
+    return status
+
+
+def requeue_tasks(tx: Transaction, task_ids: list[str], reason: str, at: str) -> None:
+    """Give tasks whose worker vanished back to the queue; no failure is recorded.
+
+    A task of a job that is pausing goes to ``paused`` instead, so the pause
+    completes rather than the task starting again elsewhere.
+    """
+    if not task_ids:
+        return
+    marks = ",".join("?" * len(task_ids))
+    rows = tx.query(
+        f"SELECT t.id, j.status AS job_status FROM tasks t JOIN jobs j ON j.id=t.job_id WHERE t.id IN ({marks})",
+        tuple(task_ids),
+    )
+    to_pause = [r["id"] for r in rows if r["job_status"] in ("pause-requested", "paused")]
+    to_queue = [r["id"] for r in rows if r["id"] not in to_pause]
+    if to_queue:
+        set_tasks_status(tx, to_queue, "queued", f"Requeued: {reason}", at)
+    if to_pause:
+        set_tasks_status(tx, to_pause, "paused", f"Paused: {reason}", at)
+
+
+def set_job_status_after_submit(tx: Transaction, job_id: str, at: str) -> None:
+    """A job without tasks has nothing to do: it is complete at once."""
+    counts = _task_counts(tx, job_id)
+    if sum(counts.values()) == 0:
+        tx.emit(ev.JobStatusChanged(job_id=job_id, status="completed", activity="Job has no tasks", at=at))
