@@ -83,8 +83,14 @@ class LocalFarm:
             time.sleep(0.05)
         raise FarmError(f"peer {name} did not start within {timeout:.0f} s:\n{peer.log_tail()}")
 
-    def start(self, workers: int, *, coordinator_works: bool = False, extra_args: list[str] | None = None) -> "LocalFarm":
+    def start(self, workers: int, *, coordinator_works: bool = False, extra_args: list[str] | None = None,
+              job_types: list[Path] = ()) -> "LocalFarm":
         self.root.mkdir(parents=True, exist_ok=True)
+        if job_types:
+            user_dir = self.root / "coordinator" / "job_types"
+            user_dir.mkdir(parents=True, exist_ok=True)
+            for script in job_types:
+                (user_dir / script.name).write_bytes(script.read_bytes())
         coord = self.start_peer("coordinator", worker=coordinator_works, extra_args=extra_args)
         for i in range(1, workers + 1):
             self.start_peer(f"worker-{i}", join=coord.url, extra_args=extra_args)

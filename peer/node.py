@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .api.app import build_app
 from .compiler.loader import BUILTIN_JOB_TYPES_DIR, JobTypeRegistry
-from .compiler.runtime import CompileLimits
+from .compiler.model import CompileLimits
 from .config import PeerConfig, config_path
 from .coordinator.service import Coordinator
 from .worker.commands.base import WorkerSettings

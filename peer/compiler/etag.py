@@ -110,3 +110,23 @@ def job_type_etag(job_type: dict[str, Any]) -> str:
     blanked = dict(job_type)
     blanked["etag"] = ""
     return hashlib.sha1(go_json(blanked).encode("utf-8")).hexdigest()
+
+
+class JobTypeEtagMismatch(Exception):
+    """The submitter's cached job type is older than ours (HTTP 412 in Flamenco)."""
+
+    def __init__(self, expected: str, submitted: str) -> None:
+        # Flamenco's own wording, so logs and the add-on read the same.
+        super().__init__(f'job type etag does not match: expecting "{expected}", submitted job has "{submitted}"')
+        self.expected = expected
+        self.submitted = submitted
+
+
+def check_submitted_etag(current_etag: str, submitted: str | None) -> None:
+    """Raise :class:`JobTypeEtagMismatch` unless ``submitted`` matches.
+
+    Like Flamenco, a missing or empty submitted etag skips the check (hand-made
+    submissions rarely carry one).  Run it before compiling.
+    """
+    if submitted and submitted != current_etag:
+        raise JobTypeEtagMismatch(current_etag, submitted)

@@ -381,11 +381,13 @@
       '"author", "path" and "process" only');
   });
 
-  // Flamenco has neither; a script using them would break on a real Manager.
-  // mini-racer installs console and setTimeout/clearTimeout, so remove them.
+  // Flamenco has neither console nor timers; a script using them would break
+  // on a real Manager.  mini-racer installs both.  Its timers are top-level
+  // `var`s, which cannot be deleted, so they are set to undefined instead.
   delete global.console;
-  delete global.setTimeout;
-  delete global.clearTimeout;
+  global.setTimeout = undefined;
+  global.clearTimeout = undefined;
+  global.__timer_manager = undefined;
 
   // ---- the job object and the bridge to Python ----
   function makeJob(input) {

@@ -118,6 +118,10 @@ class JsSession:
             self._mr.set_hard_memory_limit(limits.max_memory_bytes)
             self._eval(f"{host_api_source()}\n//# sourceURL={HOST_API_FILE}", is_script=False)
             self.call_host("configure", self._host_config(created or datetime.now().astimezone()))
+        except CompileError as err:
+            # Nothing of the job-type script ran yet: this is our bug, not the user's.
+            self.close()
+            raise RuntimeError(f"the Flamenco Peer host API failed to start: {err.cause}") from err
         except BaseException:
             self.close()
             raise
@@ -189,7 +193,7 @@ class JsSession:
                 script=self.script_file,
                 cause=found["invalidResult"],
             )
-        return bool(found["defined"]), found["value"]
+        return bool(found["defined"]), found.get("value")
 
     def messages(self) -> list[str]:
         """print()/alert() output so far; also written to the Python log."""
@@ -217,6 +221,7 @@ class JsSession:
         try:
             return mr.eval(code, timeout_sec=remaining)
         except JSTimeoutException:
+            self._settle()
             raise self._timeout_error() from None
         except JSOOMException:
             raise self._memory_error() from None
@@ -226,6 +231,19 @@ class JsSession:
             error = self._script_error(str(exc), is_parse=is_script and isinstance(exc, JSParseException))
             error.messages = self._rescue_messages()
             raise error from None
+
+    def _settle(self) -> None:
+        """Wait until V8 has finished terminating a timed-out evaluation.
+
+        V8 reports the termination later, through the context's event loop; if
+        we closed the context first, that report would hit a closed loop.  A
+        trivial evaluation queues behind the terminated one.
+        """
+        if self._mr is not None:
+            try:
+                self._mr.eval("0", timeout_sec=_MESSAGE_RESCUE_TIMEOUT_S)
+            except JSEvalException:
+                pass
 
     def _rescue_messages(self) -> list[str]:
         """Best effort: what the script printed before it failed.

@@ -127,15 +127,13 @@ class _ResultReader:
         if not _is_int(priority):
             raise self.fail("invalid-result", f"{label}: task.priority must be an integer, got {json.dumps(priority)}")
         commands = [self.command(label, c) for c in raw["commands"]]
-        deps: list[str] = []
-        for dep in raw["dependencies"]:
-            if dep is None:
-                raise self.fail(
-                    "invalid-result",
-                    f"{label}: task.dependencies holds something that is not a task; use task.addDependency(otherTask)",
-                )
-            if dep["uUID"] not in deps:  # a repeated addDependency() means the same thing once
-                deps.append(dep["uUID"])
+        if any(dep is None for dep in raw["dependencies"]):
+            raise self.fail(
+                "invalid-result",
+                f"{label}: task.dependencies holds something that is not a task; use task.addDependency(otherTask)",
+            )
+        # A repeated addDependency() means the same as one; keep the first.
+        deps = list(dict.fromkeys(dep["uUID"] for dep in raw["dependencies"]))
         return CompiledTask(
             uuid=raw["uUID"],
             name=name,

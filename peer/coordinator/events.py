@@ -37,6 +37,8 @@ class JobSubmitted(Event):
     tasks: list[dict[str, Any]]
     # (task_id, depends_on_task_id) pairs
     dependencies: list[list[str]]
+    # When the job was stored: the moment its tasks became queued.
+    at: str = ""
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ..compiler.loader import JobTypeRegistry
-from ..compiler.model import CompileError, CompileRequest
-from ..compiler.runtime import CompileLimits, compile_job_async
+from ..compiler.model import CompileError, CompileLimits, CompileRequest
+from ..compiler.runtime import compile_job_async
 from ..compiler.validation import validate_settings
 from . import events as ev
 from . import scheduler, status_machine
@@ -243,10 +243,9 @@ class Coordinator:
             for t in compiled.tasks
         ]
         deps = [[t.uuid, d] for t in compiled.tasks for d in t.dependencies]
-        submitted_event = ev.JobSubmitted(job=job_row, tasks=tasks, dependencies=deps)
 
         def store(tx: Transaction) -> dict[str, Any]:
-            tx.emit(submitted_event)
+            tx.emit(ev.JobSubmitted(job=job_row, tasks=tasks, dependencies=deps, at=status_machine.now()))
             if status == "queued" and not tasks:
                 status_machine.set_job_status_after_submit(tx, job_id, at)
             return _job_dict(tx, job_id)

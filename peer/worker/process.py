@@ -30,6 +30,9 @@ LineCallback = Callable[[str], None]
 MAX_LINE_CHARS = 40 * 1024
 _READ_SIZE = 64 * 1024
 _IS_WINDOWS = sys.platform == "win32"
+_EXIT_POLL_SECONDS = 0.05
+# Windows' equivalent of a new process group (POSIX gets start_new_session).
+_CREATION_FLAGS: int = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if _IS_WINDOWS else 0
 
 
 @dataclass
@@ -84,27 +87,22 @@ async def run_process(
         stderr=subprocess.STDOUT,
         cwd=cwd,
         env=env,
-        **_new_group_kwargs(),
+        start_new_session=not _IS_WINDOWS,
+        creationflags=_CREATION_FLAGS,
     )
     result = ProcessResult(pid=proc.pid, returncode=0)
     tail: deque[str] = deque(maxlen=options.tail_lines)
     reader = asyncio.create_task(_pump_output(proc, log, on_line, tail, result))
-    waiter = asyncio.create_task(proc.wait())
+    waiter = asyncio.create_task(_leader_exited(proc))
     try:
         done, _ = await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if reader in done:
             reader.result()  # re-raise a failing log sink or parser
-            await waiter
+            await proc.wait()
         else:
-            try:
-                await asyncio.wait_for(asyncio.shield(reader), options.drain_timeout)
-            except TimeoutError:
-                await log(
-                    f"pid={proc.pid}: the program exited but processes it started still hold "
-                    "its output open; stopping them"
-                )
-                _signal_group(proc, kill=True)
-                await reader
+            # The program is gone (its return code is known); only leftovers
+            # that inherited its output may still be writing.
+            await _drain_leftovers(proc, reader, log, options.drain_timeout)
     except BaseException:
         await _stop(proc, options.terminate_grace)
         raise
@@ -116,6 +114,36 @@ async def run_process(
     result.returncode = proc.returncode
     result.tail = list(tail)
     return result
+
+
+async def _drain_leftovers(
+    proc: asyncio.subprocess.Process, reader: asyncio.Task[None], log: LogFunc, timeout: float
+) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(reader), timeout)
+        return
+    except TimeoutError:
+        pass
+    await log(
+        f"pid={proc.pid}: the program exited but processes it started still hold "
+        "its output open; stopping them"
+    )
+    _signal_group(proc, kill=True)
+    try:
+        await asyncio.wait_for(reader, timeout)
+    except TimeoutError:
+        pass  # could not stop them (Windows has no process groups); stop reading instead
+
+
+async def _leader_exited(proc: asyncio.subprocess.Process) -> None:
+    """Return once the child itself has exited, even if its output is still open.
+
+    On Python 3.11 `proc.wait()` only returns after all pipes are closed, so a
+    grandchild holding stdout would make it wait forever; the return code,
+    however, is set as soon as the child is reaped.
+    """
+    while proc.returncode is None:
+        await asyncio.sleep(_EXIT_POLL_SECONDS)
 
 
 async def _pump_output(
@@ -166,12 +194,6 @@ def split_lines(text: str, *, final: bool) -> tuple[list[str], str]:
             line = line[MAX_LINE_CHARS:]
         out.append(line)
     return out, rest
-
-
-def _new_group_kwargs() -> dict[str, object]:
-    if _IS_WINDOWS:
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
-    return {"start_new_session": True}
 
 
 def _signal_group(proc: asyncio.subprocess.Process, *, kill: bool) -> None:

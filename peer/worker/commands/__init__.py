@@ -49,12 +49,12 @@ def prepare_command(name: str, params: Any, settings: WorkerSettings) -> Prepare
     return preparer(params, settings)
 
 
-def validate_command(name: str, params: dict, settings: WorkerSettings) -> None:
+def validate_command(name: str, params: dict[str, Any], settings: WorkerSettings) -> None:
     """Raise CommandError if `name` with `params` cannot run on this worker."""
     prepare_command(name, params, settings)
 
 
-async def run_command(name: str, params: dict, ctx: CommandContext) -> None:
+async def run_command(name: str, params: dict[str, Any], ctx: CommandContext) -> None:
     """Validate, then run. Raises CommandError on failure.
 
     Cancelling the calling task stops any child process (and its process

@@ -5,6 +5,7 @@ CLI: exe + shlex.split(exeArgs) + argsBefore + [blendfile, if not ""] + args.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -31,7 +32,8 @@ class BlenderRender:
         return [self.exe, *self.exe_args, *self.args_before, *blend, *self.args]
 
     async def run(self, ctx: CommandContext) -> None:
-        self._check_blendfile()
+        # Off the event loop: blend files often live on a network share.
+        await asyncio.to_thread(self._check_blendfile)
         parser = BlenderOutputParser()
         steps = StepCounter()
 

@@ -8,6 +8,7 @@ itself and feeds FFmpeg a concat index file instead (as Flamenco does).
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import sys
 from collections.abc import Mapping
@@ -58,7 +59,8 @@ class FramesToVideo:
         ]
 
     async def run(self, ctx: CommandContext) -> None:
-        frames = sorted(glob.glob(self.input_glob))
+        # Off the event loop: frames often live on a network share.
+        frames = sorted(await asyncio.to_thread(glob.glob, self.input_glob))
         if not frames:
             raise CommandError(
                 f"{NAME}: no files found at {self.input_glob}; check that the frames were "
@@ -66,7 +68,7 @@ class FramesToVideo:
             )
         out_dir = Path(self.output_file).parent
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
         except OSError as ex:
             raise CommandError(
                 f'{NAME}: cannot create the output directory "{out_dir}": {ex.strerror}; '
@@ -78,7 +80,7 @@ class FramesToVideo:
             return
 
         index = Path(self.input_glob).parent / INDEX_FILE_NAME
-        index.write_text(concat_index(frames, self.fps), encoding="utf-8")
+        await asyncio.to_thread(index.write_text, concat_index(frames, self.fps), encoding="utf-8")
         try:
             await run_program(NAME, self.cli(str(index)), ctx, program="FFmpeg")
         finally:

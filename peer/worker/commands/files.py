@@ -32,6 +32,28 @@ def _os_reason(ex: OSError) -> str:
     return ex.strerror or str(ex)
 
 
+def makedirs(path: str, mode: int) -> None:
+    """`mkdir -p` that gives every created directory `mode` (less the umask).
+
+    os.makedirs applies `mode` to the last directory only, which would leave
+    intermediate directories with the default 0777-umask permissions.
+    """
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+
+
 @dataclass(frozen=True)
 class MakeDirectory:
     path: str
@@ -39,7 +61,7 @@ class MakeDirectory:
     async def run(self, ctx: CommandContext) -> None:
         await ctx.log(f'{MAKE_DIRECTORY}: creating directory "{self.path}"')
         try:
-            await asyncio.to_thread(os.makedirs, self.path, _DIR_MODE, True)
+            await asyncio.to_thread(makedirs, self.path, _DIR_MODE)
         except FileExistsError:
             raise CommandError(
                 f'{MAKE_DIRECTORY}: cannot create directory "{self.path}": a file with that '
@@ -140,7 +162,7 @@ class CopyFile:
                 "overwrites files, so remove it first or choose another destination"
             )
         try:
-            os.makedirs(os.path.dirname(self.dest), _COPY_PARENT_MODE, exist_ok=True)
+            makedirs(os.path.dirname(self.dest), _COPY_PARENT_MODE)
             # O_EXCL ('x') closes the gap between the check above and the
             # write: a file appearing meanwhile is still never overwritten.
             with open(self.src, "rb") as fsrc, open(self.dest, "xb") as fdst:

@@ -33,7 +33,9 @@ class ErrorLineTracker:
 
     def __call__(self, line: str) -> None:
         if _ERRORISH.search(line) and not _NOT_THE_CAUSE.search(line):
-            self.last = line.strip()
+            line = line.strip()
+            # It becomes the task's one-line failure reason; keep that readable.
+            self.last = line if len(line) <= 300 else line[:297] + "..."
 
 
 @dataclass(frozen=True)

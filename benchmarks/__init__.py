@@ -1,0 +1,1 @@
+"""Measured benchmarks: ``python -m benchmarks NAME``. They print tables, never assert."""
