@@ -41,11 +41,15 @@
     return Number.isFinite(n) ? n : 0;
   }
 
-  // Deep copy through JSON, turning `undefined` into null like Go's export of
-  // a JS value into interface{} does.  Throws on cycles (a clear TypeError).
+  // JSON with `undefined` turned into null, like Go's export of a JS value
+  // into interface{}.  Throws on cycles (a clear TypeError).
+  function toGoJSON(value) {
+    return JSON.stringify(value === undefined ? null : value, (key, v) => (v === undefined ? null : v));
+  }
+
+  // A deep copy, detached from the script's objects.
   function cloneData(value) {
-    if (value === undefined) return null;
-    return JSON.parse(JSON.stringify(value, (key, v) => (v === undefined ? null : v)));
+    return JSON.parse(toGoJSON(value));
   }
 
   // ---- print / alert: collected for the submitter, logged by Python ----
@@ -114,12 +118,14 @@
     this.totalStepCount = totalStepCount;
   }
 
-  function snapshotCommand(cmd, where) {
+  // A copy of the command's fields.  The parameters object is shared, as
+  // Flamenco shares the Go map: changes to it before job.addTask() count.
+  function copyCommand(cmd, where) {
     if (cmd === null || typeof cmd !== "object") {
       throw new Error(where + ": expected a command made by author.Command(name, parameters), got " +
         renderArg(cmd));
     }
-    return new AuthoredCommand(asGoString(cmd.name), cloneData(cmd.parameters === undefined ? {} : cmd.parameters),
+    return new AuthoredCommand(asGoString(cmd.name), cmd.parameters === undefined ? {} : cmd.parameters,
       asGoInt(cmd.totalStepCount));
   }
 
@@ -133,8 +139,7 @@
   }
 
   AuthoredTask.prototype.addCommand = function addCommand(cmd) {
-    // A copy: changing the command object afterwards does not change the task.
-    this.commands.push(snapshotCommand(cmd, "task.addCommand(cmd)"));
+    this.commands.push(copyCommand(cmd, "task.addCommand(cmd)"));
   };
 
   AuthoredTask.prototype.addDependency = function addDependency(task) {
@@ -181,6 +186,10 @@
     return frame;
   }
 
+  // Far more than Blender can render (its last frame is 1048574); the cap
+  // turns a typo like "1-10000000000" into an error instead of a long hang.
+  const MAX_FRAMES = 1048576;
+
   // "1..3,7" -> [1, 2, 3, 7]: sorted, without duplicates.
   function explodeFrameRange(range) {
     const frames = new Set();
@@ -191,7 +200,12 @@
       }
       const first = parseFrameNumber(pieces[0], part);
       const last = pieces.length === 2 ? parseFrameNumber(pieces[1], part) : first;
-      for (let frame = first; frame <= last; frame++) frames.add(frame); // reversed: nothing
+      for (let frame = first; frame <= last; frame++) { // reversed: nothing
+        frames.add(frame);
+        if (frames.size > MAX_FRAMES) {
+          throw new Error('invalid range "' + range + '": more than ' + MAX_FRAMES + " frames");
+        }
+      }
     }
     return Array.from(frames).sort((a, b) => a - b);
   }
@@ -391,7 +405,7 @@
 
   // ---- the job object and the bridge to Python ----
   function makeJob(input) {
-    const taskSnapshots = [];
+    const taskJSON = []; // one JSON text per added task
     const job = {
       jobID: input.jobID,
       name: input.name,
@@ -406,7 +420,7 @@
     };
     Object.defineProperty(job, "tasks", {
       // A copy: tasks enter the job through job.addTask() only.
-      get: function () { return taskSnapshots.slice(); },
+      get: function () { return taskJSON.map((text) => JSON.parse(text)); },
       enumerable: true,
     });
     Object.defineProperty(job, "addTask", {
@@ -415,22 +429,22 @@
           throw new Error("job.addTask(task): expected a task made by author.Task(name, type), got " +
             renderArg(task));
         }
-        // A snapshot, like Flamenco's value copy: commands or dependencies
-        // added to the task after this call are not part of the job.
-        taskSnapshots.push({
+        // A snapshot, taken as JSON text: commands, dependencies or
+        // parameters changed after this call are not part of the job.
+        taskJSON.push(toGoJSON({
           uUID: task.uUID,
           name: task.name,
           type: task.type,
           priority: task.priority,
-          commands: task.commands.map((cmd) => snapshotCommand(cmd, "task.commands")),
+          commands: task.commands.map((cmd) => copyCommand(cmd, "task.commands")),
           // Identity is the UUID; the name only serves error messages.
           dependencies: task.dependencies.map((dep) =>
             (dep instanceof AuthoredTask ? { uUID: dep.uUID, name: dep.name } : null)),
-        });
+        }));
       },
       enumerable: false,
     });
-    return { job: job, tasks: taskSnapshots };
+    return { job: job, taskJSON: taskJSON };
   }
 
   function resultJSON(value) {
@@ -458,13 +472,14 @@
       const built = makeJob(input);
       compileJob.call(undefined, built.job);
       const job = built.job;
-      return resultJSON({
+      const jobJSON = resultJSON({
         name: job.name,
         priority: job.priority,
         settings: job.settings,
         metadata: job.metadata,
-        tasks: built.tasks,
       });
+      // The tasks are JSON already; splicing the texts avoids copying them again.
+      return '{"job":' + jobJSON + ',"tasks":[' + built.taskJSON.join(",") + "]}";
     },
   });
 

@@ -94,10 +94,11 @@ class _ResultReader:
                 "the script does not define a compileJob(job) function; "
                 "add `function compileJob(job) { ... }` at its top level",
             )
-        if "invalidResult" in raw:
-            raise self.fail("invalid-result", f"the job cannot be converted to JSON ({raw['invalidResult']})")
-        name, priority = raw.get("name"), raw.get("priority")
-        settings, metadata = raw.get("settings"), raw.get("metadata")
+        fields = raw["job"]
+        if "invalidResult" in fields:
+            raise self.fail("invalid-result", f"the job cannot be converted to JSON ({fields['invalidResult']})")
+        name, priority = fields.get("name"), fields.get("priority")
+        settings, metadata = fields.get("settings"), fields.get("metadata")
         if not isinstance(name, str):
             raise self.fail("invalid-result", f"job.name must be a string, got {json.dumps(name)}")
         if not _is_int(priority):
@@ -119,19 +120,24 @@ class _ResultReader:
 
     def task(self, index: int, raw: dict[str, Any]) -> CompiledTask:
         name, task_type, priority = raw["name"], raw["type"], raw["priority"]
-        label = f"task #{index} ({json.dumps(name)})"
+
+        def bad(what: str) -> CompileError:
+            return self.fail("invalid-result", f"task #{index} ({json.dumps(name)}): {what}")
+
         if not isinstance(name, str) or not name.strip():
-            raise self.fail("invalid-result", f"{label}: the task name must be a non-empty string")
+            raise bad("the task name must be a non-empty string")
         if not isinstance(task_type, str) or not task_type.strip():
-            raise self.fail("invalid-result", f"{label}: the task type must be a non-empty string")
+            raise bad("the task type must be a non-empty string")
         if not _is_int(priority):
-            raise self.fail("invalid-result", f"{label}: task.priority must be an integer, got {json.dumps(priority)}")
-        commands = [self.command(label, c) for c in raw["commands"]]
+            raise bad(f"task.priority must be an integer, got {json.dumps(priority)}")
+        commands = []
+        for cmd in raw["commands"]:
+            params = {} if cmd["parameters"] is None else cmd["parameters"]
+            if not isinstance(params, dict):
+                raise bad("command parameters must be an object")
+            commands.append(CompiledCommand(cmd["name"], params, cmd["totalStepCount"]))
         if any(dep is None for dep in raw["dependencies"]):
-            raise self.fail(
-                "invalid-result",
-                f"{label}: task.dependencies holds something that is not a task; use task.addDependency(otherTask)",
-            )
+            raise bad("task.dependencies holds something that is not a task; use task.addDependency(otherTask)")
         # A repeated addDependency() means the same as one; keep the first.
         deps = list(dict.fromkeys(dep["uUID"] for dep in raw["dependencies"]))
         return CompiledTask(
@@ -143,14 +149,6 @@ class _ResultReader:
             dependencies=deps,
             index_in_job=index,
         )
-
-    def command(self, label: str, raw: dict[str, Any]) -> CompiledCommand:
-        params = {} if raw["parameters"] is None else raw["parameters"]
-        if not isinstance(params, dict):
-            raise self.fail("invalid-result", f"{label}: command parameters must be an object")
-        if not _is_int(raw["totalStepCount"]):
-            raise self.fail("invalid-result", f"{label}: totalStepCount must be an integer")
-        return CompiledCommand(name=raw["name"], parameters=params, total_step_count=raw["totalStepCount"])
 
     def check_dependencies(self, tasks: list[CompiledTask], raw_tasks: list[dict[str, Any]]) -> None:
         by_uuid: dict[str, CompiledTask] = {}

@@ -28,7 +28,10 @@ class ApiClient:
         self.spec = load_spec()
 
     async def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                   validate_request: bool = True) -> tuple[int, Any]:
+                   validate_request: bool = True, validate_response: bool = True,
+                   body_on_bodyless_status: bool = False) -> tuple[int, Any]:
+        """``body_on_bodyless_status``: the spec documents the status without a body,
+        and we add a Flamenco ``Error`` body so the user learns why (e.g. 422)."""
         if body is not None and validate_request:
             self.spec.validate_request(method, path, body)
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -39,7 +42,10 @@ class ApiClient:
             payload: Any = None
             if text:
                 payload = json.loads(text) if ctype == "application/json" else text.decode()
-            if path.startswith("/api/v3/"):
+            if body_on_bodyless_status:
+                self.spec.validate_schema("Error", payload)
+                self.spec.validate_response(method, path, resp.status, None)
+            elif path.startswith("/api/v3/") and validate_response:
                 self.spec.validate_response(method, path, resp.status, payload, content_type=ctype)
             return resp.status, payload
 

@@ -71,11 +71,16 @@ async def test_cancel_pause_requeue_delete_priority(farm):
     status, _ = await farm.client.call("POST", f"/api/v3/jobs/{jid}/setstatus", {"status": "cancel-requested", "reason": "stop"})
     status, job = await farm.client.call("GET", f"/api/v3/jobs/{jid}")
     assert job["status"] == "canceled"
-    status, err = await farm.client.call("POST", f"/api/v3/jobs/{jid}/setstatus", {"status": "active", "reason": "x"})
+    status, err = await farm.client.call("POST", f"/api/v3/jobs/{jid}/setstatus", {"status": "active", "reason": "x"},
+                                         body_on_bodyless_status=True)
     assert status == 422 and "cannot be set to 'active'" in err["message"]
+    status, err = await farm.client.call("POST", f"/api/v3/jobs/{jid}/setstatus", {"status": "cancel-requested", "reason": "x"},
+                                         body_on_bodyless_status=True)
+    assert status == 422 and "job is 'canceled'" in err["message"]
     status, _ = await farm.client.call("DELETE", f"/api/v3/jobs/{jid}")
     assert status == 204
-    status, err = await farm.client.call("GET", f"/api/v3/jobs/{jid}")
+    # Flamenco answers 404 for a job it does not know; its spec documents only 200.
+    status, err = await farm.client.call("GET", f"/api/v3/jobs/{jid}", validate_response=False)
     assert status == 404 and "no job with id" in err["message"]
 
 
@@ -110,8 +115,9 @@ async def test_unknown_job_type(farm):
     status, err = await farm.client.call("POST", "/api/v3/jobs", {**echo_sleep_job(), "type": "no-such-type"})
     assert status == 400
     assert "no-such-type" in err["message"] and "echo-sleep-test" in err["message"]
-    status, err = await farm.client.call("GET", "/api/v3/jobs/type/no-such-type")
-    assert status == 404
+    # Flamenco's Manager answers 404 here, though its spec documents only 200.
+    status, err = await farm.client.call("GET", "/api/v3/jobs/type/no-such-type", validate_response=False)
+    assert status == 404 and "no-such-type" in err["message"]
     await assert_still_serving(farm)
 
 
@@ -153,7 +159,7 @@ async def test_script_that_throws_loops_or_allocates(farm):
     base = {"name": "bad", "priority": 50, "submitter_platform": "linux", "settings": {}}
 
     status, err = await farm.client.call("POST", "/api/v3/jobs", {**base, "type": "thrower"})
-    assert status == 400 and "no frames given" in err["message"] and "thrower.js:2" in err["message"]
+    assert status == 400 and "no frames given" in err["message"] and "thrower.js:3" in err["message"]
     status, err = await farm.client.call("POST", "/api/v3/jobs", {**base, "type": "looper"})
     assert status == 400 and "looper.js" in err["message"] and err["kind"] == "timeout"
     status, err = await farm.client.call("POST", "/api/v3/jobs", {**base, "type": "hog"})

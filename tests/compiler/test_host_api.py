@@ -235,10 +235,11 @@ function compileJob(job) {
   const params = {message: "before"};
   const first = author.Task("first", "misc");
   const cmd = author.Command("echo", params);
-  params.message = "changed after Command()";
+  params.message = "changed after Command(): not seen, Command() copies";
   first.addCommand(cmd);
-  cmd.parameters.message = "changed after addCommand()";
+  first.commands[0].parameters.extra = "set before addTask(): seen";
   job.addTask(first);
+  cmd.parameters.message = "changed after addTask(): not seen";
   first.addCommand(author.Command("echo", {message: "added after addTask()"}));
   first.name = "renamed after addTask()";
 
@@ -251,7 +252,7 @@ function compileJob(job) {
     script = script_from_source(tmp_path, "snapshot.js", source)
     job = compile_job(script, make_request("snapshot", {}))
     assert [t.name for t in job.tasks] == ["first", "second"]
-    assert [c.parameters for c in job.tasks[0].commands] == [{"message": "before"}]
+    assert [c.parameters for c in job.tasks[0].commands] == [{"message": "before", "extra": "set before addTask(): seen"}]
     assert job.tasks[1].dependencies == []
 
 
