@@ -42,6 +42,7 @@ class LocalFarm:
     root: Path
     peers: list[PeerProcess] = field(default_factory=list)
     python: str = sys.executable
+    global_args: list[str] = field(default_factory=list)
 
     @property
     def coordinator(self) -> PeerProcess:
@@ -56,7 +57,7 @@ class LocalFarm:
         data_dir = self.root / name
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "peer.json").unlink(missing_ok=True)
-        args = [self.python, "-m", "peer", "run", "--data-dir", str(data_dir), "--port", "0", "--name", name]
+        args = [self.python, "-m", "peer", *self.global_args, "run", "--data-dir", str(data_dir), "--port", "0", "--name", name]
         if join:
             args += ["--join", join]
         if not worker:

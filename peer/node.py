@@ -105,6 +105,8 @@ class PeerNode:
                 await self._worker_task
             except (asyncio.CancelledError, Exception):
                 pass
+        if self.coordinator is not None:
+            await self.coordinator.begin_shutdown()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.coordinator is not None:

@@ -12,6 +12,7 @@ from .model import (
     CompiledJob,
     CompiledTask,
     CompileError,
+    CompileErrorKind,
     CompileLimits,
     CompileRequest,
 )
@@ -78,9 +79,9 @@ class _ResultReader:
         self.script_file = script_file
         self.messages = messages
 
-    def fail(self, kind: str, what: str) -> CompileError:
+    def fail(self, kind: CompileErrorKind, what: str) -> CompileError:
         return CompileError(
-            kind,  # type: ignore[arg-type]
+            kind,
             f"{self.script_file}: {what} — fix the job-type script and submit again",
             script=self.script_file,
             cause=what,

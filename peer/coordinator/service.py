@@ -83,6 +83,7 @@ class Coordinator:
         self._job_changed = asyncio.Condition()
         self._timeout_task: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
+        self._closing = False
 
     # --- life cycle ------------------------------------------------------
 
@@ -99,7 +100,15 @@ class Coordinator:
             )
         self._timeout_task = asyncio.create_task(self._timeout_loop(), name="timeout-checker")
 
+    async def begin_shutdown(self) -> None:
+        """Answer every waiting long-poll now, so the HTTP server can close at once."""
+        self._closing = True
+        self._work_version += 1
+        async with self._work_changed:
+            self._work_changed.notify_all()
+
     async def stop(self) -> None:
+        await self.begin_shutdown()
         if self._timeout_task:
             self._timeout_task.cancel()
             try:
@@ -168,7 +177,8 @@ class Coordinator:
     async def wait_for_job_change(self, timeout: float) -> None:
         async with self._job_changed:
             try:
-                await asyncio.wait_for(self._job_changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._job_changed.wait()
             except TimeoutError:
                 pass
 
@@ -426,6 +436,8 @@ class Coordinator:
         """Long-poll: return an assigned task as soon as one is available, or None after ``wait_s``."""
         deadline = time.monotonic() + max(0.0, min(wait_s, 60.0))
         while True:
+            if self._closing:
+                return None
             presence = self._presence(worker_id)
             version = self._work_version
             at = status_machine.now()
@@ -440,14 +452,15 @@ class Coordinator:
             if task_id is not None:
                 return await self._read(lambda tx: _assigned_task(tx, task_id))
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._closing:
                 return None
             if version != self._work_version:
                 continue
             async with self._work_changed:
                 if version == self._work_version:
                     try:
-                        await asyncio.wait_for(self._work_changed.wait(), remaining)
+                        async with asyncio.timeout(remaining):
+                            await self._work_changed.wait()
                     except TimeoutError:
                         pass
 

@@ -64,6 +64,12 @@ def _emit_job_status(tx: Transaction, job_id: str, status: str, activity: str, a
 # --- task status changes ---------------------------------------------------
 
 
+def _status_line(at: str, old: str, new: str, why: str) -> str:
+    # Flamenco's log line, plus the reason so a reader of the log knows why.
+    line = f"{at} task changed status {old} -> {new}"
+    return f"{line} ({why})" if why else line
+
+
 def set_tasks_status(tx: Transaction, task_ids: list[str], status: str, activity: str, at: str) -> None:
     """Change tasks' status and then apply the automatic job rules."""
     if status not in TASK_STATUSES:
@@ -77,7 +83,7 @@ def set_tasks_status(tx: Transaction, task_ids: list[str], status: str, activity
         return
     tx.emit(ev.TasksStatusChanged(task_ids=[r["id"] for r in changing], status=status, activity=activity, at=at))
     for r in changing:
-        tx.task_log(r["id"], f"{at} task changed status {r['status']} -> {status}")
+        tx.task_log(r["id"], _status_line(at, r["status"], status, activity))
     for job_id in dict.fromkeys(r["job_id"] for r in changing):
         update_job_after_task_change(tx, job_id, status, at)
 
@@ -185,7 +191,7 @@ def _bulk_task_status(tx: Transaction, task_ids: list[str], status: str, activit
     )
     tx.emit(ev.TasksStatusChanged(task_ids=task_ids, status=status, activity=activity, at=at))
     for r in rows:
-        tx.task_log(r["id"], f"{at} task changed status {r['status']} -> {status}")
+        tx.task_log(r["id"], _status_line(at, r["status"], status, activity))
 
 
 def _after_job_status_change(tx: Transaction, job_id: str, status: str, previous: str, at: str) -> None:

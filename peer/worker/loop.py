@@ -278,8 +278,11 @@ class Worker:
         started = False
         while True:
             if started:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow
+                # the cancellation that stops this reporter.
                 try:
-                    await asyncio.wait_for(run.dirty.wait(), heartbeat_s)
+                    async with asyncio.timeout(heartbeat_s):
+                        await run.dirty.wait()
                 except TimeoutError:
                     pass
             run.dirty.clear()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from peer.compiler import CompileError, CompileLimits, compile_job
+from peer.compiler import CompileLimits, compile_job
 from peer.compiler.jsengine import JsSession
 
 from .conftest import MINIMAL_JOB_TYPE, VECTORS_DIR, make_request, needs_vectors, script_from_source

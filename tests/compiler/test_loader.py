@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from peer.compiler import BUILTIN_JOB_TYPES_DIR, CompileLimits, JobTypeRegistry, compile_job
+from peer.compiler import (
+    BUILTIN_JOB_TYPES_DIR,
+    CompileLimits,
+    JobTypeLoadError,
+    JobTypeRegistry,
+    JobTypeScript,
+    compile_job,
+)
 from peer.compiler import loader as loader_module
 
 from .conftest import MINIMAL_JOB_TYPE, VECTORS_DIR, make_request, needs_vectors, write_script
@@ -22,6 +29,12 @@ def job_type_with_label(label: str) -> str:
 
 def names(registry: JobTypeRegistry) -> list[str]:
     return [s.name for s in registry.list()]
+
+
+def loaded(registry: JobTypeRegistry, name: str) -> JobTypeScript:
+    script = registry.get(name)
+    assert script is not None, f"{name} is not loaded; errors: {registry.errors()}"
+    return script
 
 
 @needs_vectors
@@ -79,16 +92,16 @@ def test_reloads_a_changed_script_and_only_that(tmp_path: Path, monkeypatch: pyt
     loads: list[str] = []
     real_load = loader_module.load_job_type_script
 
-    def counting_load(path: Path, *args: object) -> object:
+    def counting_load(path: Path, limits: CompileLimits) -> JobTypeScript | JobTypeLoadError:
         loads.append(path.name)
-        return real_load(path, *args)  # type: ignore[arg-type]
+        return real_load(path, limits)
 
     monkeypatch.setattr(loader_module, "load_job_type_script", counting_load)
     registry = JobTypeRegistry([tmp_path])
     registry.refresh()
     assert sorted(loads) == ["changing.js", "stable.js"]
-    assert registry.get("changing").job_type["label"] == "First"  # type: ignore[union-attr]
-    first_etag = registry.get("changing").etag  # type: ignore[union-attr]
+    assert loaded(registry, "changing").job_type["label"] == "First"
+    first_etag = loaded(registry, "changing").etag
 
     loads.clear()
     registry.refresh()
@@ -99,8 +112,8 @@ def test_reloads_a_changed_script_and_only_that(tmp_path: Path, monkeypatch: pyt
     os.utime(changing, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # coarse clocks
     registry.refresh()
     assert loads == ["changing.js"]
-    script = registry.get("changing")
-    assert script is not None and script.job_type["label"] == "Second"
+    script = loaded(registry, "changing")
+    assert script.job_type["label"] == "Second"
     assert script.etag != first_etag
 
     changing.unlink()
@@ -144,11 +157,11 @@ def test_later_directory_overrides_and_broken_override_falls_back(tmp_path: Path
     registry = JobTypeRegistry([builtin, user])
     registry.refresh()
     assert names(registry) == ["other", "render"]
-    assert registry.get("render").job_type["label"] == "Mine"  # type: ignore[union-attr]
+    assert loaded(registry, "render").job_type["label"] == "Mine"
 
     (user / "render.js").write_text("const JOB_TYPE = ;\n", encoding="utf-8")
     registry.refresh()
-    assert registry.get("render").job_type["label"] == "Built-in"  # type: ignore[union-attr]
+    assert loaded(registry, "render").job_type["label"] == "Built-in"
     [error] = registry.errors()
     assert error.path == user / "render.js"
     assert f"keeps using {builtin / 'render.js'}" in error.message
