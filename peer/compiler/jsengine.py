@@ -94,7 +94,7 @@ def _current_cwd() -> str | None:
         return None
 
 
-def _format_mib(n_bytes: int) -> str:
+def format_mib(n_bytes: int) -> str:
     return f"{n_bytes / (1024 * 1024):g} MiB"
 
 
@@ -275,7 +275,7 @@ class JsSession:
         return CompileError(
             "memory-limit",
             f"job type script '{self.script_file}' used more than "
-            f"{_format_mib(self.limits.max_memory_bytes)} of memory and was stopped "
+            f"{format_mib(self.limits.max_memory_bytes)} of memory and was stopped "
             "(a runaway loop, or a huge frame range?) — check the job settings or fix the "
             "job-type script, and submit again",
             script=self.script_file,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .jsengine import JsSession
+from .jsengine import JsSession, format_mib
 from .model import CompileError, CompileLimits
 from .schema import JobTypeSchemaError, normalize_job_type
 
@@ -86,7 +86,7 @@ def _load_failure_message(err: CompileError, name: str, limits: CompileLimits) -
     if err.kind == "timeout":
         cause = f"its top level did not finish within {float(limits.timeout_s)} s (infinite loop?)"
     elif err.kind == "memory-limit":
-        cause = f"its top level used more than {limits.max_memory_bytes // (1024 * 1024)} MiB of memory"
+        cause = f"its top level used more than {format_mib(limits.max_memory_bytes)} of memory"
     else:
         cause = err.cause
     location = err.script if err.line is None else f"{err.script}:{err.line}"

@@ -26,7 +26,8 @@ class JobTypeSchemaError(ValueError):
     """JOB_TYPE does not have the shape of a Flamenco job type."""
 
 
-def _describe(value: Any) -> str:
+def short_json(value: Any) -> str:
+    """``value`` as JSON, cut to fit in one line of an error message."""
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -34,13 +35,13 @@ def _describe(value: Any) -> str:
 def _check_type(where: str, field: str, value: Any, expected: type, what: str) -> None:
     # bool is a subclass of int in Python; no field here wants an int anyway.
     if not isinstance(value, expected):
-        raise JobTypeSchemaError(f"{where}: '{field}' must be {what}, got {_describe(value)}")
+        raise JobTypeSchemaError(f"{where}: '{field}' must be {what}, got {short_json(value)}")
 
 
 def _check_enum(where: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise JobTypeSchemaError(
-            f"{where}: '{field}' must be one of {', '.join(allowed)}, got {_describe(value)}"
+            f"{where}: '{field}' must be one of {', '.join(allowed)}, got {short_json(value)}"
         )
 
 
@@ -50,7 +51,7 @@ def _normalize_setting(index: int, raw: Any) -> dict[str, Any]:
         raise JobTypeSchemaError(f"{where} must be an object like {{key: 'frames', type: 'string'}}")
     key = raw.get("key")
     if not isinstance(key, str) or not key:
-        raise JobTypeSchemaError(f"{where} needs a 'key' (a non-empty string), got {_describe(key)}")
+        raise JobTypeSchemaError(f"{where} needs a 'key' (a non-empty string), got {short_json(key)}")
     where = f"{where} ('{key}')"
     if "type" not in raw or raw["type"] is None:
         raise JobTypeSchemaError(f"{where} needs a 'type': one of {', '.join(SETTING_TYPES)}")
@@ -67,7 +68,7 @@ def _normalize_setting(index: int, raw: Any) -> dict[str, Any]:
     if present("choices"):
         choices = raw["choices"]
         if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-            raise JobTypeSchemaError(f"{where}: 'choices' must be a list of strings, got {_describe(choices)}")
+            raise JobTypeSchemaError(f"{where}: 'choices' must be a list of strings, got {short_json(choices)}")
         out["choices"] = list(choices)
     for field in ("editable", "required"):
         if present(field):
@@ -101,7 +102,7 @@ def normalize_job_type(raw: Any, name: str) -> dict[str, Any]:
     ``name`` and ``etag`` filled in.  Raises :class:`JobTypeSchemaError`."""
     if not isinstance(raw, dict):
         raise JobTypeSchemaError(
-            f"JOB_TYPE must be an object like {{label: 'My Job', settings: [...]}}, got {_describe(raw)}"
+            f"JOB_TYPE must be an object like {{label: 'My Job', settings: [...]}}, got {short_json(raw)}"
         )
     label = raw.get("label")
     if label is None:

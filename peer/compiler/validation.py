@@ -13,6 +13,8 @@ import json
 import math
 from typing import Any
 
+from .schema import short_json
+
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 
@@ -32,10 +34,7 @@ def _json_type(value: Any) -> str:
 
 
 def _got(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"got {_json_type(value)} {text}"
+    return f"got {_json_type(value)} {short_json(value)}"
 
 
 def _is_number(value: Any) -> bool:
