@@ -92,6 +92,10 @@ async def task_update(request: web.Request) -> web.Response:
         log=body.get("log") if isinstance(body.get("log"), str) else None,
         steps_completed=steps,
     )
-    result = await request.app[COORDINATOR_KEY].task_update(
-        _str(body, "worker_id"), _str(body, "task_id"), update)
+    coordinator = request.app[COORDINATOR_KEY]
+    worker_id = _str(body, "worker_id")
+    result = await coordinator.task_update(worker_id, _str(body, "task_id"), update)
+    if body.get("claim_next") and update.task_status in ("completed", "failed"):
+        # Saves the worker a round trip between tasks: report and claim in one.
+        result["next_task"] = await coordinator.claim_task(worker_id, 0.0)
     return pack_response(result)

@@ -1,7 +1,7 @@
 """Flamenco's job and task status rules, as event emitters.
 
 The rules follow Flamenco 3's task state machine (see
-``docs/status-rules.md`` for the table and where we deliberately differ).
+``docs/architecture.md`` for where we deliberately differ).
 Every function reads the current state through a :class:`Transaction` and
 emits explicit events; it never writes SQL itself. A follower replaying the
 events therefore needs none of this logic.

@@ -124,6 +124,7 @@ class Worker:
             client = ProtocolClient(self.coordinator_url, session)
             backoff = 0.2
             signed_on = False
+            task: dict[str, Any] | None = None
             try:
                 while True:
                     try:
@@ -131,10 +132,11 @@ class Worker:
                             await self._sign_on(client)
                             signed_on = True
                             backoff = 0.2
-                        task = await self._claim(client)
+                        if task is None:
+                            task = await self._claim(client)
                         if task is None:
                             continue
-                        await self._run_task(client, task)
+                        task = await self._run_task(client, task)
                     except CoordinatorGone as exc:
                         log.warning("coordinator unreachable (%s); retrying in %.1f s", exc, backoff)
                         signed_on = False
@@ -195,16 +197,19 @@ class Worker:
             raise CoordinatorGone(f"task update refused ({status}): {reply}")
         return reply
 
-    async def _report_final(self, client: ProtocolClient, run: TaskRun, **fields: Any) -> None:
-        """The final status must arrive: retry through coordinator outages."""
+    async def _report_final(self, client: ProtocolClient, run: TaskRun, **fields: Any) -> dict[str, Any] | None:
+        """The final status must arrive: retry through coordinator outages.
+
+        Returns the next task, claimed in the same request, if one was waiting.
+        """
         delay = 0.2
         while True:
             try:
-                await self._report(client, run, **fields)
-                return
+                reply = await self._report(client, run, claim_next=True, **fields)
+                return reply.get("next_task")
             except TaskTakenAway as exc:
                 log.info("task %s: final report not needed (%s)", run.task_id, exc)
-                return
+                return None
             except (CoordinatorGone, _SignOnAgain) as exc:
                 log.warning("task %s: could not report result (%s); retrying", run.task_id, exc)
                 await asyncio.sleep(delay)
@@ -215,7 +220,8 @@ class Worker:
                     except CoordinatorGone:
                         pass
 
-    async def _run_task(self, client: ProtocolClient, task: dict[str, Any]) -> None:
+    async def _run_task(self, client: ProtocolClient, task: dict[str, Any]) -> dict[str, Any] | None:
+        """Run one task to its end; returns the next task if the coordinator handed one over."""
         run = TaskRun(task_id=task["uuid"], settings=self.settings)
         self.current_task = run.task_id
         commands_task = asyncio.create_task(self._run_commands(run, task["commands"]))
@@ -228,24 +234,22 @@ class Worker:
                     raise
                 # The reporter cancelled the commands: the task was taken away.
                 log.info("task %s stopped: %s", run.task_id, reporter.result())
-                return
+                return None
             except CommandError as exc:
                 run.activity = f"Failed: {exc.message}"
                 await run.log(f"Failed: {exc.message}")
                 await self._stop_reporter(reporter)
-                await self._report_final(client, run, task_status="failed")
-                return
+                return await self._report_final(client, run, task_status="failed")
             except Exception as exc:  # a bug in a command must fail the task, not kill the worker
                 log.exception("task %s: command crashed", run.task_id)
                 run.activity = f"Failed: internal error in the worker: {type(exc).__name__}: {exc}"
                 await run.log(run.activity)
                 await self._stop_reporter(reporter)
-                await self._report_final(client, run, task_status="failed")
-                return
+                return await self._report_final(client, run, task_status="failed")
             await self._stop_reporter(reporter)
             run.activity = "Completed"
-            await self._report_final(client, run, task_status="completed")
             self.tasks_done += 1
+            return await self._report_final(client, run, task_status="completed")
         finally:
             self.current_task = None
             for t in (commands_task, reporter):
