@@ -167,3 +167,46 @@ async def test_script_that_throws_loops_or_allocates(farm):
     await assert_still_serving(farm)
     status, jobs = await farm.client.call("GET", "/api/v3/jobs")
     assert jobs["jobs"] == []
+
+
+async def _peer_call(farm, path: str, body: dict) -> tuple[int, dict | None]:
+    import msgpack
+
+    async with farm.client.session.post(
+        f"{farm.url}/peer/v1/{path}", data=msgpack.packb(body), headers={"Content-Type": "application/msgpack"}
+    ) as resp:
+        raw = await resp.read()
+        return resp.status, (msgpack.unpackb(raw) if raw else None)
+
+
+async def test_silent_worker_times_out_and_its_task_is_requeued(farm):
+    """A worker that vanishes mid-task (no sign-off) loses the task after the worker timeout (3 s here)."""
+    status, _ = await _peer_call(farm, "worker/sign-on", {
+        "worker_id": "ghost", "name": "ghost", "supported_task_types": ["misc"]})
+    assert status == 200
+    status, job = await farm.client.call("POST", "/api/v3/jobs", echo_sleep_job(sleep_repeats=0))
+    status, claimed = await _peer_call(farm, "worker/claim", {"worker_id": "ghost", "wait_s": 2})
+    assert status == 200 and claimed["task"]["name"] == "echo"
+    # ... and the ghost never speaks again. A real worker arrives and gets the task once the ghost times out.
+    farm.start_worker("w1")
+    done = await farm.wait_job(job["id"], timeout=15)
+    assert done["status"] == "completed"
+    _, tasks = await farm.client.call("GET", f"/api/v3/jobs/{job['id']}/tasks")
+    assert tasks["tasks"][0]["worker"]["name"] == "w1"
+    _, text = await farm.client.call("GET", f"/api/v3/tasks/{tasks['tasks'][0]['id']}/logtail")
+    assert "worker ghost timed out" in text
+    _, workers = await farm.client.call("GET", "/api/v3/worker-mgt/workers")
+    assert {w["name"]: w["status"] for w in workers["workers"]}["ghost"] == "error"
+    # A late report from the ghost is refused: the task is no longer its.
+    status, reply = await _peer_call(farm, "worker/task-update", {
+        "worker_id": "ghost", "task_id": tasks["tasks"][0]["id"], "task_status": "completed"})
+    assert status == 403 and "sign on" in reply["message"]
+
+
+async def test_peer_protocol_rejects_garbage(farm):
+    async with farm.client.session.post(f"{farm.url}/peer/v1/worker/claim", data=b"\xc1\xc1",
+                                        headers={"Content-Type": "application/msgpack"}) as resp:
+        assert resp.status == 400
+    status, reply = await _peer_call(farm, "worker/sign-on", {"worker_id": "x"})
+    assert status == 400 and "supported_task_types" in reply["message"]
+    await assert_still_serving(farm)
