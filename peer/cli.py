@@ -42,6 +42,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"flamenco-peer: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"flamenco-peer: cannot use {data_dir} as the data dir ({exc.strerror or exc}); "
+              "pass --data-dir with a folder this user can write", file=sys.stderr)
+        return 2
     overrides: dict[str, Any] = {
         "port": args.port, "name": args.name, "host": args.host, "blender": args.blender,
         "ffmpeg": args.ffmpeg,

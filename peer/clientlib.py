@@ -6,6 +6,7 @@ Flamenco Manager for the operations both have.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -38,6 +39,11 @@ class FlamencoClient:
             payload = _decode(exc.read(), exc.headers.get_content_type() if exc.headers else "")
             message = payload.get("message") if isinstance(payload, dict) else None
             raise ClientError(message or f"HTTP {exc.code} from {url}", exc.code) from None
+        except http.client.HTTPException as exc:
+            raise ClientError(
+                f"{self.base_url} did not answer like an HTTP server ({type(exc).__name__}); "
+                "is --peer pointing to a Flamenco peer?"
+            ) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ClientError(
@@ -46,10 +52,19 @@ class FlamencoClient:
             ) from None
 
     def get(self, path: str) -> Any:
-        return self.request("GET", path)[1]
+        return self._api_json(path, self.request("GET", path))
 
     def post(self, path: str, body: Any) -> Any:
-        return self.request("POST", path, body)[1]
+        return self._api_json(path, self.request("POST", path, body))
+
+    def _api_json(self, path: str, response: tuple[int, Any]) -> Any:
+        status, payload = response
+        if status != 204 and not isinstance(payload, dict):
+            raise ClientError(
+                f"{self.base_url}{path} did not answer with Flamenco API JSON; "
+                "is --peer pointing to a Flamenco peer or Manager?"
+            )
+        return payload
 
     # Flamenco v3 operations used by the CLI.
     def job_types(self) -> list[dict[str, Any]]:
@@ -83,8 +98,8 @@ class FlamencoClient:
         self.request("DELETE", f"/api/v3/jobs/{job_id}")
 
     def task_log(self, task_id: str) -> str:
-        status, info = self.request("GET", f"/api/v3/tasks/{task_id}/log")
-        if status == 204 or not info:
+        info = self.get(f"/api/v3/tasks/{task_id}/log")
+        if not info:
             return ""
         status, text = self.request("GET", info["url"])
         return text if isinstance(text, str) else ""
