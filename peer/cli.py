@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .clientlib import ClientError, FlamencoClient
-from .config import ConfigError, PeerConfig, default_data_dir, load_config
+from .config import ConfigError, default_data_dir, load_config
 
 DEFAULT_URL = "http://127.0.0.1:8780"
 
@@ -205,7 +205,16 @@ class ProgressBar:
 # --- listing and actions -----------------------------------------------------
 
 
+def _require_ref(ref: str, what: str) -> str:
+    ref = ref.strip()
+    if not ref:
+        # An empty prefix would match everything: refuse rather than act on a random job.
+        raise ClientError(f"give a {what} id (or a unique prefix of one); an empty id matches nothing")
+    return ref
+
+
 def _resolve_job(client: FlamencoClient, ref: str) -> str:
+    ref = _require_ref(ref, "job")
     if len(ref) == 36:
         return ref
     matches = [j["id"] for j in client.jobs() if j["id"].startswith(ref)]
@@ -217,6 +226,7 @@ def _resolve_job(client: FlamencoClient, ref: str) -> str:
 
 
 def _resolve_task(client: FlamencoClient, ref: str) -> str:
+    ref = _require_ref(ref, "task")
     if len(ref) == 36:
         return ref
     matches = [t["id"] for j in client.jobs() for t in client.tasks(j["id"]) if t["id"].startswith(ref)]

@@ -26,6 +26,11 @@ class FlamencoClient:
     base_url: str
     timeout: float = 30.0
 
+    def __post_init__(self) -> None:
+        # `--peer host:port` is how people write it; `run --join` accepts it too.
+        if "://" not in self.base_url:
+            self.base_url = f"http://{self.base_url}"
+
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         url = self.base_url.rstrip("/") + path
         data = None if body is None else json.dumps(body).encode()

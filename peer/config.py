@@ -99,9 +99,9 @@ def load_config(data_dir: Path) -> PeerConfig:
             ) or (isinstance(default, str) and not isinstance(value, str)) or (
                 isinstance(default, list) and not isinstance(value, list)
             ):
-                raise ConfigError(
-                    f"{path}: setting {key!r} must be a {type(default).__name__}, got {value!r}"
-                )
+                kinds = {bool: "true or false", int: "a whole number", float: "a number", str: "a quoted string",
+                         list: "a list like [\"a\", \"b\"]"}
+                raise ConfigError(f"{path}: setting {key!r} must be {kinds[type(default)]}, got {value!r}")
             setattr(config, key, value)
     if not config.peer_id:
         config.peer_id = str(uuid.uuid4())

@@ -11,7 +11,6 @@ import logging
 from typing import Awaitable, Callable
 
 import aiohttp
-import msgpack
 from aiohttp import web
 
 from ..coordinator.service import APIError, Coordinator
@@ -96,6 +95,3 @@ def build_app(
         app.add_routes(extra_routes)
     return app
 
-
-def unpack(body: bytes) -> object:
-    return msgpack.unpackb(body, raw=False)

@@ -7,7 +7,6 @@ Flamenco Manager. Error bodies are Flamenco's ``{"code", "message"}``.
 from __future__ import annotations
 
 import json
-import platform
 from typing import Any
 
 from aiohttp import web
@@ -182,6 +181,3 @@ async def job_files(request: web.Request) -> web.StreamResponse:
         raise APIError(404, "no such job file")
     return web.FileResponse(target, headers={"Content-Type": "text/plain; charset=utf-8"})
 
-
-def platform_name() -> str:
-    return platform.system().lower()

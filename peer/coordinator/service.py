@@ -80,9 +80,7 @@ class Coordinator:
         self._workers: dict[str, WorkerPresence] = {}
         self._work_version = 0
         self._work_changed = asyncio.Condition()
-        self._job_changed = asyncio.Condition()
         self._timeout_task: asyncio.Task[None] | None = None
-        self._started_at = time.monotonic()
         self._closing = False
 
     # --- life cycle ------------------------------------------------------
@@ -167,20 +165,10 @@ class Coordinator:
         return await self.db.run(lambda: fn(self.store.read()))
 
     async def _after_events(self, emitted: list[ev.Event]) -> None:
-        async with self._job_changed:
-            self._job_changed.notify_all()
         if any(_may_free_work(e) for e in emitted):
             self._work_version += 1
             async with self._work_changed:
                 self._work_changed.notify_all()
-
-    async def wait_for_job_change(self, timeout: float) -> None:
-        async with self._job_changed:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._job_changed.wait()
-            except TimeoutError:
-                pass
 
     # --- job types --------------------------------------------------------
 
@@ -350,7 +338,6 @@ class Coordinator:
         await self.get_job(job_id)
         at = status_machine.now()
         await self._write(lambda tx: tx.emit(ev.JobPriorityChanged(job_id=job_id, priority=priority, at=at)))
-        self._work_version += 1
 
     async def delete_job(self, job_id: str) -> None:
         job = await self.get_job(job_id)
@@ -466,7 +453,7 @@ class Coordinator:
 
     async def task_update(self, worker_id: str, task_id: str, update: TaskUpdate) -> dict[str, Any]:
         """Apply a worker's report. Returns ``{"may_keep_running": bool, "reason": str}``."""
-        presence = self._presence(worker_id)
+        self._presence(worker_id)  # refuses unknown workers, records that this one is alive
         if update.task_status is not None and update.task_status not in WORKER_SETTABLE_TASK_STATUSES:
             raise APIError(400, f"a worker may set a task to {', '.join(WORKER_SETTABLE_TASK_STATUSES)}, not {update.task_status!r}")
         at = status_machine.now()

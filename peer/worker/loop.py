@@ -115,7 +115,6 @@ class Worker:
         self.report_interval_s = report_interval_s
         self.current_task: str | None = None
         self.tasks_done = 0
-        self._stopping = False
 
     async def run(self) -> None:
         """Work until cancelled. Survives coordinator outages by retrying."""

@@ -116,3 +116,12 @@ def test_cancel_a_completed_job_is_refused(cli: Cli) -> None:
     assert_clean_error(r)
     assert "completed" in r.stderr, r.explain()
     assert cli.job(job["id"])["status"] == "completed"
+
+
+@pytest.mark.parametrize("command", [["delete"], ["cancel"]])
+def test_an_empty_job_id_is_refused(cli: Cli, command: list[str]) -> None:
+    job = submit_paused(cli)
+    r = cli(*command, "")
+    assert r.returncode != 0, r.explain()
+    assert "Traceback" not in r.stderr, r.explain()
+    assert cli.job(job["id"])["status"] == "paused"
