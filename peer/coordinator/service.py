@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from ..compiler.etag import JobTypeEtagMismatch, check_submitted_etag
 from ..compiler.loader import JobTypeRegistry
 from ..compiler.model import CompileError, CompileLimits, CompileRequest
 from ..compiler.runtime import compile_job_async
@@ -198,13 +199,10 @@ class Coordinator:
         script = self.registry.get(job["type"])
         if script is None:
             raise APIError(400, self._unknown_job_type_message(job["type"]))
-        etag = script.job_type.get("etag", "")
-        if job["type_etag"] and job["type_etag"] != etag:
-            raise APIError(
-                412,
-                f"rejecting job because its settings are outdated, refresh the job type "
-                f"(job type etag does not match: expecting {etag!r}, submitted job has {job['type_etag']!r})",
-            )
+        try:
+            check_submitted_etag(script.job_type.get("etag", ""), job["type_etag"])
+        except JobTypeEtagMismatch as exc:
+            raise APIError(412, f"rejecting job because its settings are outdated, refresh the job type ({exc})") from None
         problems = validate_settings(script.job_type, job["settings"])
         if problems:
             raise APIError(400, f"invalid settings for job type {job['type']!r}: " + "; ".join(problems))
