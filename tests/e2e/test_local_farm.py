@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -16,8 +15,8 @@ from peer.cli import prepare_job, wait_for_job
 from peer.localfarm import LocalFarm
 from peer.scenes import make_scene
 
-needs_blender = pytest.mark.skipif(shutil.which("blender") is None, reason="needs Debian's blender (CI installs it)")
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffmpeg/ffprobe (CI installs them)")
+from tests.scenes import requires_blender as needs_blender
+from tests.scenes import requires_ffmpeg as needs_ffmpeg
 
 
 def png_ok(path: Path) -> bool:
