@@ -143,7 +143,7 @@ async def fetch_task_log_tail(request: web.Request) -> web.Response:
 async def fetch_task_log_info(request: web.Request) -> web.Response:
     coordinator = _coordinator(request)
     task = await coordinator.get_task(request.match_info["task_id"])
-    path = await coordinator.task_log_path(task["id"])
+    path = coordinator.logs.path_for(task["id"], task["job_id"])
     size = await coordinator.db.run(coordinator.logs.size, path)
     if size == 0:
         return web.Response(status=204)

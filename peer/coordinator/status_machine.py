@@ -10,6 +10,7 @@ events therefore needs none of this logic.
 from __future__ import annotations
 
 import math
+from typing import Any
 from datetime import datetime, timezone
 
 from . import events as ev
@@ -81,9 +82,7 @@ def set_tasks_status(tx: Transaction, task_ids: list[str], status: str, activity
     changing = [r for r in rows if r["status"] != status]
     if not changing:
         return
-    tx.emit(ev.TasksStatusChanged(task_ids=[r["id"] for r in changing], status=status, activity=activity, at=at))
-    for r in changing:
-        tx.task_log(r["id"], _status_line(at, r["status"], status, activity))
+    _emit_tasks_status(tx, changing, status, activity, at)
     for job_id in dict.fromkeys(r["job_id"] for r in changing):
         update_job_after_task_change(tx, job_id, status, at)
 
@@ -183,15 +182,21 @@ def _tasks_with_status(tx: Transaction, job_id: str, statuses: tuple[str, ...]) 
     return [r["id"] for r in rows]
 
 
+def _emit_tasks_status(tx: Transaction, rows: list[Any], status: str, activity: str, at: str) -> None:
+    """One event for all ``rows`` (each with ``id`` and old ``status``), plus their log lines."""
+    tx.emit(ev.TasksStatusChanged(task_ids=[r["id"] for r in rows], status=status, activity=activity, at=at))
+    for r in rows:
+        tx.task_log(r["id"], _status_line(at, r["status"], status, activity))
+
+
 def _bulk_task_status(tx: Transaction, task_ids: list[str], status: str, activity: str, at: str) -> None:
+    """Job-driven change of many tasks: no job rules run (the job change drives them)."""
     if not task_ids:
         return
     rows = tx.query(
         f"SELECT id, status FROM tasks WHERE id IN ({','.join('?' * len(task_ids))})", tuple(task_ids)
     )
-    tx.emit(ev.TasksStatusChanged(task_ids=task_ids, status=status, activity=activity, at=at))
-    for r in rows:
-        tx.task_log(r["id"], _status_line(at, r["status"], status, activity))
+    _emit_tasks_status(tx, rows, status, activity, at)
 
 
 def _after_job_status_change(tx: Transaction, job_id: str, status: str, previous: str, at: str) -> None:
