@@ -127,6 +127,39 @@ class WorkerUpdated(Event):
     at: str = ""
 
 
+@dataclass(frozen=True)
+class TaskLogged(Event):
+    """Lines for a task's log. Logs travel in the event log so that every
+    replica holds them: a line that reached one peer survives its death."""
+
+    kind: ClassVar[str] = "task-logged"
+    task_id: str
+    lines: list[str]
+
+
+@dataclass(frozen=True)
+class JobTypePublished(Event):
+    """A peer shares a job-type script with the whole farm (or updates it)."""
+
+    kind: ClassVar[str] = "job-type-published"
+    name: str
+    file_name: str
+    source: str
+    publisher_id: str
+    publisher_name: str
+    at: str
+
+
+@dataclass(frozen=True)
+class JobTypeWithdrawn(Event):
+    """The peer that shared a job type no longer has it in its folder."""
+
+    kind: ClassVar[str] = "job-type-withdrawn"
+    name: str
+    publisher_id: str
+    at: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
@@ -140,6 +173,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TaskFailureRecorded,
         TaskFailuresCleared,
         WorkerUpdated,
+        TaskLogged,
+        JobTypePublished,
+        JobTypeWithdrawn,
     )
 }
 

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from ..compiler.etag import JobTypeEtagMismatch, check_submitted_etag
 from ..compiler.loader import JobTypeRegistry
@@ -25,7 +25,7 @@ from ..compiler.validation import validate_settings
 from . import events as ev
 from . import scheduler, status_machine
 from .dbthread import DBThread
-from .store import JobStore, Transaction
+from .store import NO_TERM, JobStore, Term, Transaction
 from .tasklogs import TaskLogs
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,27 @@ class TaskUpdate:
     steps_completed: int | None = None
 
 
+class NotCoordinator(APIError):
+    """This peer is (no longer) the farm's coordinator: nothing may be decided here."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503, "this peer is not the farm's coordinator right now (the farm may be electing one); "
+                 "retry in a few seconds",
+            not_coordinator=True,
+        )
+
+
 class Coordinator:
+    """Decides everything about jobs and tasks, but only while it leads.
+
+    Every peer has one. While the cluster layer says this peer leads (``lead``),
+    it accepts jobs and serves workers, and every event it writes carries the
+    leader's term. Otherwise (``follow``) its store is a replica that the
+    cluster layer fills, and deciding anything raises ``NotCoordinator``.
+    Without a cluster layer (tests, tools) it leads from the start.
+    """
+
     def __init__(
         self,
         data_dir: Path,
@@ -70,41 +90,77 @@ class Coordinator:
         *,
         compile_limits: CompileLimits | None = None,
         worker_timeout_s: float = 30.0,
+        leading: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self.registry = registry
         self.compile_limits = compile_limits or CompileLimits()
         self.worker_timeout_s = worker_timeout_s
-        self.store = JobStore(data_dir / "peer.sqlite")
         self.logs = TaskLogs(data_dir / "logs")
+        self.store = JobStore(data_dir / "peer.sqlite", self.logs)
         self.db = DBThread()
+        self.term: Term | None = NO_TERM if leading else None
+        # Called after each committed write with the new last log index
+        # (the cluster layer wakes followers' long-polls with it).
+        self.on_commit: list[Callable[[int], None]] = []
+        # Set by the cluster layer: wait until another peer holds index N.
+        self.replication_barrier: Callable[[int], Awaitable[None]] | None = None
         self._workers: dict[str, WorkerPresence] = {}
         self._work_version = 0
         self._work_changed = asyncio.Condition()
         self._timeout_task: asyncio.Task[None] | None = None
         self._closing = False
 
+    @property
+    def leading(self) -> bool:
+        return self.term is not None
+
     # --- life cycle ------------------------------------------------------
 
     async def start(self) -> None:
         await self.db.run(self.store.open)
         await self.db.run(self.registry.refresh)
-        # Workers that held tasks before a restart get one timeout period to
-        # come back and claim them; then the timeout checker requeues.
+        if self.leading:
+            await self._take_over_workers()
+        self._timeout_task = asyncio.create_task(self._timeout_loop(), name="timeout-checker")
+
+    async def _take_over_workers(self) -> None:
+        # Workers that held tasks before a restart or a change of coordinator
+        # get one timeout period to come back and claim them; then the timeout
+        # checker requeues.
         holders = await self.db.run(self._workers_holding_tasks)
+        self._workers = {}
         for row in holders:
             self._workers[row["id"]] = WorkerPresence(
                 profile=scheduler.WorkerProfile(row["id"], row["name"], tuple(json.loads(row["supported_task_types"]))),
                 address=row["address"], platform=row["platform"], software=row["software"],
             )
-        self._timeout_task = asyncio.create_task(self._timeout_loop(), name="timeout-checker")
+
+    async def lead(self, term: Term) -> None:
+        """Start deciding, as coordinator of ``term`` (the store is up to date)."""
+        await self.db.run(self.store.note_epoch, term[0])
+        self.term = term
+        await self._take_over_workers()
+        await self._wake_waiters()
+        log.info("leading the farm as coordinator of epoch %d", term[0])
+
+    async def follow(self) -> None:
+        """Stop deciding; long-polls waiting here end now so workers move on."""
+        if self.term is None:
+            return
+        self.term = None
+        self._workers = {}
+        await self._wake_waiters()
+
+    async def _wake_waiters(self) -> None:
+        self._work_version += 1
+        async with self._work_changed:
+            self._work_changed.notify_all()
 
     async def begin_shutdown(self) -> None:
         """Answer every waiting long-poll now, so the HTTP server can close at once."""
         self._closing = True
-        self._work_version += 1
-        async with self._work_changed:
-            self._work_changed.notify_all()
+        await self._wake_waiters()
 
     async def stop(self) -> None:
         await self.begin_shutdown()
@@ -125,42 +181,36 @@ class Coordinator:
     # --- plumbing ---------------------------------------------------------
 
     async def _write(self, fn: Callable[[Transaction], T]) -> T:
-        """Run ``fn`` in one transaction on the DB thread, then write task logs."""
+        """Run ``fn`` in one transaction on the DB thread, as the current leader."""
+        result, _ = await self._write_indexed(fn)
+        return result
+
+    async def _write_indexed(self, fn: Callable[[Transaction], T]) -> tuple[T, int]:
+        """``_write`` that also returns the log index of the last event written (0: none)."""
+        term = self.term
+        if term is None:
+            raise NotCoordinator()
 
         def run() -> tuple[T, Transaction]:
-            with self.store.transaction() as tx:
+            # Fencing: a step-down that happened while this waited for the DB
+            # thread must not let an old leader's decision in.
+            if self.term != term:
+                raise NotCoordinator()
+            with self.store.transaction(term) as tx:
                 result = fn(tx)
-                paths = self._index_task_logs(tx)
-            for task_id, line in tx.task_log_lines:
-                if task_id in paths:
-                    self.logs.append(paths[task_id], line + "\n")
             return result, tx
 
         result, tx = await self.db.run(run)
         if tx.emitted:
+            for listener in self.on_commit:
+                listener(tx.last_index)
             await self._after_events(tx.emitted)
-        return result
+        return result, tx.last_index
 
-    def _index_task_logs(self, tx: Transaction) -> dict[str, Path]:
-        """Record (once) where each task's log lives; returns task id -> path."""
-        paths: dict[str, Path] = {}
-        for task_id in dict.fromkeys(t for t, _ in tx.task_log_lines):
-            row = tx.query_one(
-                "SELECT l.path, t.job_id FROM tasks t LEFT JOIN task_logs l ON l.task_id=t.id WHERE t.id=?",
-                (task_id,),
-            )
-            if row is None:  # deleted job: nothing to log to
-                continue
-            if row["path"] is None:
-                path = self.logs.path_for(task_id, row["job_id"])
-                tx.conn.execute(
-                    "INSERT INTO task_logs (task_id, job_id, path) VALUES (?, ?, ?)",
-                    (task_id, row["job_id"], str(path.relative_to(self.logs.root))),
-                )
-                paths[task_id] = path
-            else:
-                paths[task_id] = self.logs.root / row["path"]
-        return paths
+    async def _replicated(self, index: int) -> None:
+        """Wait until log entry ``index`` reached another peer (if the cluster asks for that)."""
+        if self.replication_barrier is not None and index:
+            await self.replication_barrier(index)
 
     async def _read(self, fn: Callable[[Transaction], T]) -> T:
         return await self.db.run(lambda: fn(self.store.read()))
@@ -246,7 +296,10 @@ class Coordinator:
                 status_machine.set_job_status_after_submit(tx, job_id, at)
             return _job_dict(tx, job_id)
 
-        result = await self._write(store)
+        result, index = await self._write_indexed(store)
+        # Acknowledge only once another peer holds the job: losing this peer
+        # right after the answer must not lose the job.
+        await self._replicated(index)
         log.info("job %s %r (%s) stored with %d tasks", job_id, compiled.name, job["type"], len(tasks))
         return result
 
@@ -346,7 +399,6 @@ class Coordinator:
             tx.emit(ev.JobDeleted(job_id=job_id, at=at))
 
         await self._write(delete)
-        await self.db.run(self.logs.delete_job, job["id"])
 
     async def set_task_status(self, task_id: str, status: str, reason: str) -> None:
         await self.get_task(task_id)
@@ -369,6 +421,8 @@ class Coordinator:
         self, worker_id: str, name: str, address: str, platform: str, software: str,
         supported_task_types: list[str], current_task: str | None,
     ) -> None:
+        if not self.leading:
+            raise NotCoordinator()
         profile = scheduler.WorkerProfile(worker_id, name, tuple(t.lower() for t in supported_task_types))
         self._workers[worker_id] = WorkerPresence(profile, address, platform, software)
         at = status_machine.now()
@@ -515,6 +569,8 @@ class Coordinator:
                 log.exception("timeout check failed")
 
     async def check_timeouts(self) -> None:
+        if not self.leading:
+            return
         limit = time.monotonic() - self.worker_timeout_s
         for worker_id, presence in list(self._workers.items()):
             if presence.last_seen < limit:

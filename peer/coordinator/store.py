@@ -13,25 +13,74 @@ thread so the event loop never waits on disk.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import events as ev
+from .tasklogs import TaskLogs
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+Term = tuple[int, str]  # (epoch, leader peer id)
+NO_TERM: Term = (0, "")
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One replicated event as it travels between peers (body stays msgpack)."""
+
+    idx: int
+    epoch: int
+    leader: str
+    at: str
+    kind: str
+    body: bytes
+
+    @property
+    def term(self) -> Term:
+        return (self.epoch, self.leader)
+
+    def to_wire(self) -> list[Any]:
+        return [self.idx, self.epoch, self.leader, self.at, self.kind, self.body]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> LogEntry:
+        idx, epoch, leader, at, kind, body = data
+        return cls(int(idx), int(epoch), str(leader), str(at), str(kind), bytes(body))
+
+
+@dataclass(frozen=True)
+class TermSegment:
+    """A run of consecutive log entries decided by one coordinator term."""
+
+    epoch: int
+    leader: str
+    first: int
+    last: int
+
+    @property
+    def term(self) -> Term:
+        return (self.epoch, self.leader)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- The replicated log. (epoch, leader) is the term of the coordinator that
+-- decided the event: two logs that hold the same term at the same index agree
+-- on everything up to there (see peer/cluster/replication.py).
 CREATE TABLE IF NOT EXISTS events (
-    idx  INTEGER PRIMARY KEY,
-    at   TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    body BLOB NOT NULL
+    idx    INTEGER PRIMARY KEY,
+    at     TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    body   BLOB NOT NULL,
+    epoch  INTEGER NOT NULL DEFAULT 0,
+    leader TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS jobs (
     seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -89,6 +138,16 @@ CREATE TABLE IF NOT EXISTS task_logs (
     job_id   TEXT NOT NULL,
     path     TEXT NOT NULL
 );
+-- Job-type scripts shared with the whole farm (see peer/compiler/farm_types.py).
+CREATE TABLE IF NOT EXISTS shared_job_types (
+    name            TEXT NOT NULL,
+    publisher_id    TEXT NOT NULL,
+    publisher_name  TEXT NOT NULL,
+    file_name       TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    at              TEXT NOT NULL,
+    PRIMARY KEY (name, publisher_id)
+);
 CREATE TABLE IF NOT EXISTS workers (
     id                    TEXT PRIMARY KEY,
     name                  TEXT NOT NULL,
@@ -109,22 +168,33 @@ class StoreError(Exception):
 class Transaction:
     """One SQLite write transaction; collects the events it applied."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, term: Term = NO_TERM) -> None:
         self.conn = conn
+        self.term = term
         self.emitted: list[ev.Event] = []
-        # Lines for task log files, written by the caller after COMMIT: log
-        # files are plain text outside the database transaction.
-        self.task_log_lines: list[tuple[str, str]] = []
+        self.last_index = 0
+        # Log lines wait here until the end of the transaction, then become
+        # one TaskLogged event per task.
+        self._pending_log: dict[str, list[str]] = {}
 
     def task_log(self, task_id: str, line: str) -> None:
-        self.task_log_lines.append((task_id, line))
+        self._pending_log.setdefault(task_id, []).append(line)
+
+    def flush_task_logs(self) -> None:
+        pending, self._pending_log = self._pending_log, {}
+        for task_id, lines in pending.items():
+            self.emit(ev.TaskLogged(task_id=task_id, lines=lines))
 
     def emit(self, event: ev.Event) -> None:
+        self._append(event, ev.to_wire(event), idx=None, term=self.term)
+
+    def _append(self, event: ev.Event, body: bytes, *, idx: int | None, term: Term) -> None:
         _APPLY[type(event)](self.conn, event)
-        self.conn.execute(
-            "INSERT INTO events (at, kind, body) VALUES (?, ?, ?)",
-            (getattr(event, "at", "") or "", event.kind, ev.to_wire(event)),
+        cur = self.conn.execute(
+            "INSERT INTO events (idx, at, kind, body, epoch, leader) VALUES (?, ?, ?, ?, ?, ?)",
+            (idx, getattr(event, "at", "") or "", event.kind, body, term[0], term[1]),
         )
+        self.last_index = int(cur.lastrowid or 0)
         self.emitted.append(event)
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
@@ -135,8 +205,9 @@ class Transaction:
 
 
 class JobStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, logs: TaskLogs | None = None) -> None:
         self.path = path
+        self.logs = logs or TaskLogs(path.parent / "logs")
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
@@ -154,15 +225,19 @@ class JobStore:
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            conn.close()
             raise StoreError(
                 f"{self.path} was written by a newer Flamenco Peer (schema {row[0]}, "
                 f"this one understands {SCHEMA_VERSION}); upgrade flamenco-peer or use another --data-dir"
             )
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+        if "epoch" not in columns:  # schema 1: events had no term yet
+            conn.execute("ALTER TABLE events ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+            conn.execute("ALTER TABLE events ADD COLUMN leader TEXT NOT NULL DEFAULT ''")
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
         self._conn = conn
 
     def close(self) -> None:
@@ -177,37 +252,160 @@ class JobStore:
         return self._conn
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, term: Term = NO_TERM) -> Iterator[Transaction]:
+        """One atomic change. Task-log lines are written to their files after
+        COMMIT: the event log is the truth, the files are its readable copy."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
-        tx = Transaction(conn)
+        tx = Transaction(conn, term)
         try:
             yield tx
+            tx.flush_task_logs()
+            log_paths = self._index_task_logs(tx)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         else:
             conn.execute("COMMIT")
+        self._write_log_files(tx, log_paths)
+
+    def _index_task_logs(self, tx: Transaction) -> dict[str, Path]:
+        """Record (once) where each logged task's file lives; task id -> path."""
+        paths: dict[str, Path] = {}
+        for task_id in dict.fromkeys(e.task_id for e in tx.emitted if isinstance(e, ev.TaskLogged)):
+            row = tx.query_one(
+                "SELECT l.path, t.job_id FROM tasks t LEFT JOIN task_logs l ON l.task_id=t.id WHERE t.id=?",
+                (task_id,),
+            )
+            if row is None:  # deleted job: nothing to log to
+                continue
+            if row["path"] is None:
+                path = self.logs.path_for(task_id, row["job_id"])
+                tx.conn.execute(
+                    "INSERT INTO task_logs (task_id, job_id, path) VALUES (?, ?, ?)",
+                    (task_id, row["job_id"], str(path.relative_to(self.logs.root))),
+                )
+                paths[task_id] = path
+            else:
+                paths[task_id] = self.logs.root / row["path"]
+        return paths
+
+    def _write_log_files(self, tx: Transaction, paths: dict[str, Path]) -> None:
+        for event in tx.emitted:
+            if isinstance(event, ev.TaskLogged) and event.task_id in paths:
+                self.logs.append(paths[event.task_id], "".join(line + "\n" for line in event.lines))
+            elif isinstance(event, ev.JobDeleted):
+                self.logs.delete_job(event.job_id)
 
     def read(self) -> Transaction:
         """A handle for read-only queries (autocommit, no events)."""
         return Transaction(self.conn)
 
-    def apply_replicated(self, events: list[ev.Event]) -> None:
-        """Apply events decided by another peer (the cluster layer's entry point)."""
+    # --- replication (used by peer.cluster) --------------------------------
+
+    def append_replicated(self, entries: list[LogEntry]) -> list[ev.Event]:
+        """Apply entries decided by the coordinator, keeping their index and term.
+
+        Entries must continue this log exactly; anything else means the caller
+        mixed up logs, which must never be papered over.
+        """
         with self.transaction() as tx:
-            for event in events:
-                tx.emit(event)
+            expected = self.last_event_index() + 1
+            for entry in entries:
+                if entry.idx != expected:
+                    raise StoreError(f"replicated entry {entry.idx} does not follow local entry {expected - 1}")
+                tx._append(ev.from_wire(entry.body), entry.body, idx=entry.idx, term=entry.term)
+                expected += 1
+        return tx.emitted
+
+    def entries_since(self, idx: int, limit: int = 1000) -> list[LogEntry]:
+        rows = self.conn.execute(
+            "SELECT idx, epoch, leader, at, kind, body FROM events WHERE idx > ? ORDER BY idx LIMIT ?",
+            (idx, limit),
+        ).fetchall()
+        return [LogEntry(r["idx"], r["epoch"], r["leader"], r["at"], r["kind"], bytes(r["body"])) for r in rows]
 
     def events_since(self, idx: int, limit: int = 1000) -> list[tuple[int, ev.Event]]:
-        rows = self.conn.execute(
-            "SELECT idx, body FROM events WHERE idx > ? ORDER BY idx LIMIT ?", (idx, limit)
-        ).fetchall()
-        return [(r["idx"], ev.from_wire(r["body"])) for r in rows]
+        return [(e.idx, ev.from_wire(e.body)) for e in self.entries_since(idx, limit)]
 
     def last_event_index(self) -> int:
         row = self.conn.execute("SELECT COALESCE(MAX(idx), 0) FROM events").fetchone()
         return int(row[0])
+
+    def term_at(self, idx: int) -> Term | None:
+        """The term of entry ``idx``; NO_TERM for 0 (the empty prefix); None if absent."""
+        if idx == 0:
+            return NO_TERM
+        row = self.conn.execute("SELECT epoch, leader FROM events WHERE idx=?", (idx,)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def last_term(self) -> Term:
+        return self.term_at(self.last_event_index()) or NO_TERM
+
+    def segments(self) -> list[TermSegment]:
+        rows = self.conn.execute(
+            """SELECT epoch, leader, MIN(idx) AS first, MAX(idx) AS last FROM events
+               GROUP BY epoch, leader ORDER BY first"""
+        ).fetchall()
+        return [TermSegment(int(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def max_epoch(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='max_epoch'").fetchone()
+        logged = self.conn.execute("SELECT COALESCE(MAX(epoch), 0) FROM events").fetchone()[0]
+        return max(int(row[0]) if row else 0, int(logged))
+
+    def note_epoch(self, epoch: int) -> None:
+        """Remember the highest epoch seen, so a restarted peer never reuses one."""
+        if epoch > self.max_epoch():
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('max_epoch', ?)", (str(epoch),))
+
+    def rebuild_from_prefix(self, keep: int) -> list[LogEntry]:
+        """Throw away entries after ``keep`` and rebuild the tables from the rest.
+
+        Used when this peer's log diverged from the coordinator's (it led a
+        partition of its own). Returns the removed entries so their progress
+        can be merged into the coordinator's log. The old database is kept
+        beside the new one as ``*.diverged`` for inspection.
+        """
+        suffix = self.entries_since(keep, limit=1_000_000_000)
+        prefix = [e for e in self.entries_since(0, limit=keep)] if keep else []
+        max_epoch = self.max_epoch()
+        self.close()
+        backup = self.path.with_name(self.path.name + ".diverged")
+        for ext in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + ext)
+            if src.exists():
+                os.replace(src, Path(str(backup) + ext))
+        self.open()
+        self.note_epoch(max_epoch)
+        if prefix:
+            # Logs already hold these lines; rebuild tables without re-appending.
+            saved, self.logs = self.logs, _NullLogs()
+            try:
+                self.append_replicated(prefix)
+            finally:
+                self.logs = saved
+            # task_logs indexes files that still exist; rebuild it from the tasks.
+            with self.transaction() as tx:
+                for row in tx.query("SELECT id, job_id FROM tasks"):
+                    path = self.logs.path_for(row["id"], row["job_id"])
+                    if path.exists():
+                        tx.conn.execute(
+                            "INSERT OR IGNORE INTO task_logs (task_id, job_id, path) VALUES (?, ?, ?)",
+                            (row["id"], row["job_id"], str(path.relative_to(self.logs.root))),
+                        )
+        return suffix
+
+
+class _NullLogs(TaskLogs):
+    def __init__(self) -> None:
+        super().__init__(Path(os.devnull))
+
+    def append(self, path: Path, text: str) -> None:
+        pass
+
+    def delete_job(self, job_id: str) -> None:
+        pass
 
 
 # --- applying events -------------------------------------------------------
@@ -312,6 +510,22 @@ def _apply_failures_cleared(conn: sqlite3.Connection, e: ev.TaskFailuresCleared)
     )
 
 
+def _apply_nothing(conn: sqlite3.Connection, e: ev.Event) -> None:
+    """Events whose effect lives outside the tables (log files)."""
+
+
+def _apply_job_type_published(conn: sqlite3.Connection, e: ev.JobTypePublished) -> None:
+    conn.execute(
+        """INSERT OR REPLACE INTO shared_job_types (name, publisher_id, publisher_name, file_name, source, at)
+           VALUES (?, ?, ?, ?, ?, ?)""",
+        (e.name, e.publisher_id, e.publisher_name, e.file_name, e.source, e.at),
+    )
+
+
+def _apply_job_type_withdrawn(conn: sqlite3.Connection, e: ev.JobTypeWithdrawn) -> None:
+    conn.execute("DELETE FROM shared_job_types WHERE name=? AND publisher_id=?", (e.name, e.publisher_id))
+
+
 def _apply_worker_updated(conn: sqlite3.Connection, e: ev.WorkerUpdated) -> None:
     conn.execute(
         """INSERT INTO workers (id, name, address, platform, software, status, supported_task_types, updated)
@@ -337,5 +551,8 @@ _APPLY: dict[type, Callable[[sqlite3.Connection, Any], None]] = {
     ev.TaskFailureRecorded: _apply_task_failure,
     ev.TaskFailuresCleared: _apply_failures_cleared,
     ev.WorkerUpdated: _apply_worker_updated,
+    ev.TaskLogged: _apply_nothing,
+    ev.JobTypePublished: _apply_job_type_published,
+    ev.JobTypeWithdrawn: _apply_job_type_withdrawn,
 }
 assert set(_APPLY) == set(ev.EVENT_TYPES.values()), "every event kind needs an apply function"

@@ -240,8 +240,8 @@ def test_replaying_the_event_log_rebuilds_identical_tables(store, tmp_path):
     replica = JobStore(tmp_path / "replica.sqlite")
     replica.open()
     try:
-        replica.apply_replicated([e for _, e in store.events_since(0)])
-        for table in ("jobs", "tasks", "task_dependencies", "task_failures"):
+        replica.append_replicated(store.entries_since(0))
+        for table in ("jobs", "tasks", "task_dependencies", "task_failures", "events"):
             a = [tuple(r) for r in store.read().query(f"SELECT * FROM {table} ORDER BY 1, 2")]
             b = [tuple(r) for r in replica.read().query(f"SELECT * FROM {table} ORDER BY 1, 2")]
             assert a == b, table

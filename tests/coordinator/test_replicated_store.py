@@ -1,0 +1,130 @@
+"""The store as a replica: terms on entries, continuity, logs, rebasing."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from peer.coordinator import events as ev
+from peer.coordinator import status_machine
+from peer.coordinator.store import JobStore, LogEntry, StoreError, TermSegment
+
+from .test_status_machine import AT, add_job, job_status
+
+
+def open_store(path: Path) -> JobStore:
+    s = JobStore(path)
+    s.open()
+    return s
+
+
+@pytest.fixture
+def leader(tmp_path: Path):
+    s = open_store(tmp_path / "leader" / "peer.sqlite")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def replica(tmp_path: Path):
+    s = open_store(tmp_path / "replica" / "peer.sqlite")
+    yield s
+    s.close()
+
+
+def log_line(store: JobStore, task_id: str, line: str, term=(1, "a")) -> None:
+    with store.transaction(term) as tx:
+        tx.task_log(task_id, line)
+
+
+def test_entries_carry_the_term_they_were_written_in(leader):
+    with leader.transaction((3, "peer-a")) as tx:
+        tx.emit(ev.JobPriorityChanged(job_id="x", priority=1, at=AT))
+        tx.emit(ev.JobPriorityChanged(job_id="x", priority=2, at=AT))
+    with leader.transaction((4, "peer-b")) as tx:
+        tx.emit(ev.JobPriorityChanged(job_id="x", priority=3, at=AT))
+    assert [e.term for e in leader.entries_since(0)] == [(3, "peer-a"), (3, "peer-a"), (4, "peer-b")]
+    assert leader.term_at(0) == (0, "")
+    assert leader.term_at(2) == (3, "peer-a")
+    assert leader.term_at(9) is None
+    assert leader.last_term() == (4, "peer-b")
+    assert leader.segments() == [TermSegment(3, "peer-a", 1, 2), TermSegment(4, "peer-b", 3, 3)]
+    assert leader.max_epoch() == 4
+
+
+def test_replica_gets_the_same_tables_entries_and_log_files(leader, replica):
+    job, tasks = add_job(leader, n_tasks=2)
+    log_line(leader, tasks[0], "rendering frame 1")
+    log_line(leader, tasks[0], "rendering frame 2")
+    replica.append_replicated(leader.entries_since(0))
+    for table in ("jobs", "tasks", "events"):
+        a = [tuple(r) for r in leader.read().query(f"SELECT * FROM {table} ORDER BY 1")]
+        b = [tuple(r) for r in replica.read().query(f"SELECT * FROM {table} ORDER BY 1")]
+        assert a == b, table
+    log = replica.logs.path_for(tasks[0], job)
+    assert log.read_text() == "rendering frame 1\nrendering frame 2\n"
+    assert leader.logs.path_for(tasks[0], job).read_text() == log.read_text()
+
+
+def test_replica_refuses_entries_that_do_not_continue_its_log(leader, replica):
+    add_job(leader)
+    add_job(leader)
+    entries = leader.entries_since(0)
+    with pytest.raises(StoreError, match="does not follow"):
+        replica.append_replicated(entries[1:])
+    assert replica.last_event_index() == 0  # nothing half-applied
+
+
+def test_deleting_a_job_removes_its_logs_on_every_replica(leader, replica):
+    job, tasks = add_job(leader)
+    log_line(leader, tasks[0], "hello")
+    with leader.transaction() as tx:
+        tx.emit(ev.JobDeleted(job_id=job, at=AT))
+    replica.append_replicated(leader.entries_since(0))
+    assert not replica.logs.job_dir(job).exists()
+    assert not leader.logs.job_dir(job).exists()
+
+
+def test_log_entries_survive_the_wire():
+    entry = LogEntry(7, 2, "peer-a", AT, "job-deleted", ev.to_wire(ev.JobDeleted(job_id="j", at=AT)))
+    assert LogEntry.from_wire(entry.to_wire()) == entry
+
+
+def test_rebuild_from_prefix_returns_the_diverged_suffix_and_keeps_the_rest(leader):
+    job, tasks = add_job(leader)
+    log_line(leader, tasks[0], "before the split")
+    keep = leader.last_event_index()
+    with leader.transaction((5, "lonely")) as tx:
+        status_machine.set_tasks_status(tx, [tasks[0]], "completed", "", AT)
+    suffix = leader.rebuild_from_prefix(keep)
+    assert suffix and all(e.term == (5, "lonely") for e in suffix)
+    assert leader.last_event_index() == keep
+    assert job_status(leader, job) == "queued"
+    # Rebuilding did not append the kept lines a second time; the file stays indexed.
+    assert leader.logs.path_for(tasks[0], job).read_text().count("before the split") == 1
+    assert leader.read().query_one("SELECT path FROM task_logs WHERE task_id=?", (tasks[0],)) is not None
+    # The epoch seen is remembered, so this peer never reuses it.
+    assert leader.max_epoch() == 5
+    assert leader.path.with_name("peer.sqlite.diverged").exists()
+
+
+def test_schema_1_database_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '1');"
+        "CREATE TABLE events (idx INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL);"
+    )
+    conn.execute("INSERT INTO events (at, kind, body) VALUES (?, ?, ?)",
+                 (AT, "job-deleted", ev.to_wire(ev.JobDeleted(job_id="j", at=AT))))
+    conn.commit()
+    conn.close()
+    store = open_store(path)
+    try:
+        assert store.term_at(1) == (0, "")
+        assert store.read().query_one("SELECT value FROM meta WHERE key='schema_version'")[0] == "2"
+    finally:
+        store.close()
