@@ -39,6 +39,7 @@ def test_command_names() -> None:
     assert COMMAND_NAMES == {
         "echo", "sleep", "exec", "blender-render", "frames-to-video",
         "make-directory", "move-directory", "copy-file",
+        "ffmpeg-encode", "mkvmerge", "move-file", "delete-files",
     }
 
 

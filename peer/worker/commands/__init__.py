@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from . import blender, ffmpeg, files, misc
+from . import blender, cleanup, encode, ffmpeg, files, misc, mkvmerge
 from .base import CommandContext, CommandError, WorkerSettings
 
 
@@ -33,6 +33,10 @@ _PREPARERS: Mapping[str, Preparer] = {
     files.MAKE_DIRECTORY: files.prepare_make_directory,
     files.MOVE_DIRECTORY: files.prepare_move_directory,
     files.COPY_FILE: files.prepare_copy_file,
+    encode.NAME: encode.prepare,
+    mkvmerge.NAME: mkvmerge.prepare,
+    cleanup.MOVE_FILE: cleanup.prepare_move_file,
+    cleanup.DELETE_FILES: cleanup.prepare_delete_files,
 }
 
 COMMAND_NAMES: frozenset[str] = frozenset(_PREPARERS)
