@@ -1,9 +1,10 @@
 import argparse
 import sys
 
+from . import compile as compilation
 from . import efficiency
 
-BENCHMARKS = {"efficiency": efficiency.main}
+BENCHMARKS = {"compile": compilation.main, "efficiency": efficiency.main}
 
 parser = argparse.ArgumentParser(prog="python -m benchmarks", description="Run a Flamenco Peer benchmark.")
 parser.add_argument("name", choices=sorted(BENCHMARKS))
