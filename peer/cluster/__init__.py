@@ -1,0 +1,1 @@
+"""Peers finding each other, electing a coordinator, replicating state."""
