@@ -60,16 +60,93 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.worker_timeout is not None:
         config.worker_timeout_s = args.worker_timeout
     join = args.join
+    if args.join_code:
+        from .cluster import identity as farm_identity
+
+        try:
+            joined = farm_identity.join(data_dir, args.join_code)
+        except farm_identity.IdentityError as exc:
+            print(f"flamenco-peer: {exc}", file=sys.stderr)
+            return 2
+        if joined.changed:
+            print(f"flamenco-peer: this peer now belongs to farm {joined.identity.name!r}"
+                  + (f" (the previous farm file is kept as {joined.backup})" if joined.backup else ""), flush=True)
+        join = join or joined.seed
     if join and "://" not in join:
         join = f"http://{join}"
 
     from .node import NodeOptions, PeerNode  # heavy imports only for `run`
+
+    from .cluster.identity import IdentityError
 
     node = PeerNode(NodeOptions(data_dir=data_dir, config=config, join_url=join, worker=config.worker))
     try:
         asyncio.run(node.run_forever())
     except KeyboardInterrupt:
         pass
+    except IdentityError as exc:
+        print(f"flamenco-peer: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --- farm ----------------------------------------------------------------------
+
+
+def cmd_farm_join_code(args: argparse.Namespace) -> int:
+    from .cluster import identity as farm_identity
+
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    try:
+        identity = farm_identity.load_or_create(data_dir)
+        code = identity.join_code(seed=args.seed)
+    except (farm_identity.IdentityError, ValueError) as exc:
+        print(f"flamenco-peer: {exc}", file=sys.stderr)
+        return 2
+    if args.quiet:
+        print(code)
+        return 0
+    print(f"Join code of farm {identity.name!r} (id {identity.farm_id}):\n\n    {code}\n")
+    print("On another computer, run:  flamenco-peer run --join-code " + code)
+    print("Keep it private: anyone with this code can submit jobs to the farm and run its tasks.")
+    if not args.seed:
+        print("Tip: add --seed HOST:PORT of this peer if the network blocks multicast (mDNS).")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = FlamencoClient(args.peer)
+    status = client.farm_status()
+    workers: list[dict[str, Any]] = []
+    try:
+        workers = client.workers()
+    except ClientError:
+        pass  # no coordinator right now: still show the peers
+    if args.json:
+        print(json.dumps({**status, "workers": workers}, indent=2))
+        return 0
+    me = status["self"]
+    coord = status["coordinator"]
+    if coord.get("url"):
+        print(f"Farm coordinator: {coord.get('peer_id', '')[:8]} at {coord['url']} (epoch {coord.get('epoch')})")
+    else:
+        print(f"Farm coordinator: none right now — {me.get('waiting_reason') or 'electing'}")
+    rows = []
+    for peer in [dict(me, alive=True, last_heard_s=0.0), *status["peers"]]:
+        worker = peer.get("worker") or {}
+        doing = "-"
+        if worker:
+            doing = f"task {worker['current_task'][:8]}" if worker.get("current_task") else "idle"
+        state = peer.get("role", "") if peer.get("alive") else f"gone ({peer.get('last_heard_s', 0):.0f} s)"
+        rows.append([
+            peer.get("name", ""), peer.get("peer_id", "")[:8], state, str(peer.get("epoch", "")),
+            str(peer.get("applied", "")), doing, peer.get("url", ""),
+        ])
+    print(_table(rows, ["PEER", "ID", "ROLE", "EPOCH", "LOG", "WORKING ON", "URL"]))
+    if workers:
+        print()
+        print(_table([[w["name"], w["status"], (w.get("task") or {}).get("name", "-")] for w in workers],
+                     ["WORKER", "STATUS", "TASK"]))
     return 0
 
 
@@ -294,12 +371,50 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting_row(setting: dict[str, Any]) -> list[str]:
+    kind = setting["type"] + (f"/{setting['subtype']}" if setting.get("subtype") else "")
+    value = [f"default {json.dumps(setting['default'], ensure_ascii=False)}"] if "default" in setting else []
+    if setting.get("eval"):
+        value.append(f"eval {setting['eval']}")
+    return [setting["key"], kind, "yes" if setting.get("required") else "",
+            ", ".join(str(c) for c in setting.get("choices") or []), "; ".join(value)]
+
+
+def _describe_job_type(job_type: dict[str, Any]) -> str:
+    head = f"{job_type['name']}  {job_type['label']}".rstrip()
+    if job_type.get("description"):
+        head += f" — {job_type['description']}"
+    rows = [_setting_row(s) for s in job_type.get("settings") or []]
+    if not rows:
+        return head + "\n  (no settings)"
+    headers = ["SETTING", "TYPE", "REQUIRED", "CHOICES", "DEFAULT / EVAL"]
+    # A column no setting uses is only noise.
+    keep = [i for i in range(len(headers)) if i < 2 or any(r[i] for r in rows)]
+    table = _table([[r[i] for i in keep] for r in rows], [headers[i] for i in keep])
+    return head + "\n" + "\n".join("  " + line for line in table.splitlines())
+
+
 def cmd_job_types(args: argparse.Namespace) -> int:
     types = FlamencoClient(args.peer).job_types()
     if args.json:
         print(json.dumps(types, indent=2))
+    elif not types:
+        print("No job types. Put job-type scripts (.js) in the peer's job_types folder.")
     else:
-        print(_table([[t["name"], t["label"], t.get("description", "")] for t in types], ["NAME", "LABEL", "DESCRIPTION"]))
+        print("\n\n".join(_describe_job_type(t) for t in types))
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .compile_cmd import CompileOptions, compile_locally, format_outcome, outcome_json
+
+    outcome = compile_locally(CompileOptions(
+        job_type=args.job_type, data_dir=Path(args.data_dir) if args.data_dir else default_data_dir(),
+        job_types_dir=Path(args.job_types_dir) if args.job_types_dir else None, sets=tuple(args.set or ()),
+        settings_json=args.settings_json, blend=args.blend, name=args.name, priority=args.priority,
+        blender=args.blender,
+    ))
+    print(json.dumps(outcome_json(outcome), indent=2) if args.json else format_outcome(outcome))
     return 0
 
 
@@ -355,12 +470,16 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     run = sub.add_parser("run", help="run a peer (coordinator + worker when alone)",
-                         description="Run a peer. Alone it coordinates and works; with --join it works for another peer.")
+                         description="Run a peer. It finds the other peers of its farm, and the farm elects one "
+                                     "coordinator; alone, a peer coordinates and works by itself.")
     run.add_argument("--data-dir", metavar="DIR", help=f"where jobs, logs and config live (default: {default_data_dir()})")
     run.add_argument("--port", type=int, help="HTTP port (default 8780 or the config; 0 = any free port)")
     run.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--name", help="this peer's name (default: the host name)")
-    run.add_argument("--join", metavar="URL", help="join the farm whose coordinator listens at URL")
+    run.add_argument("--join", metavar="HOST:PORT",
+                     help="contact this peer of the farm first (for networks where mDNS finds no one)")
+    run.add_argument("--join-code", metavar="CODE",
+                     help="join the farm of this code (from `flamenco-peer farm join-code` on one of its peers)")
     run.add_argument("--no-worker", action="store_true", help="do not run tasks on this machine")
     run.add_argument("--blender", metavar="PATH", help="Blender executable for {blender} (default: blender on PATH)")
     run.add_argument("--ffmpeg", metavar="PATH", help="FFmpeg executable (default: ffmpeg on PATH)")
@@ -380,6 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--blender", default=shutil.which("blender") or "blender", help="Blender used to evaluate settings")
     submit.set_defaults(func=cmd_submit)
 
+    client_parser("status", "show the farm: peers, their roles, the coordinator and the work").set_defaults(
+        func=cmd_status)
+    farm = sub.add_parser("farm", help="farm identity: the join code",
+                          description="Show this peer's farm identity.")
+    farm_sub = farm.add_subparsers(dest="farm_command", required=True, metavar="SUBCOMMAND")
+    jc = farm_sub.add_parser("join-code", help="print the code another computer uses to join this farm",
+                             description="Print the join code of this peer's farm (created on first use).")
+    jc.add_argument("--data-dir", metavar="DIR", help=f"the peer's data dir (default: {default_data_dir()})")
+    jc.add_argument("--seed", metavar="HOST:PORT", help="a reachable address of this peer, put into the code")
+    jc.add_argument("--quiet", "-q", action="store_true", help="print only the code")
+    jc.set_defaults(func=cmd_farm_join_code)
+
     client_parser("jobs", "list jobs").set_defaults(func=cmd_jobs)
     p = client_parser("tasks", "list a job's tasks")
     p.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
@@ -388,7 +519,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", metavar="TASK", help="task id (a unique prefix is enough)")
     p.set_defaults(func=cmd_log)
     client_parser("workers", "list workers").set_defaults(func=cmd_workers)
-    client_parser("job-types", "list job types").set_defaults(func=cmd_job_types)
+    client_parser("job-types", "list job types and their settings").set_defaults(func=cmd_job_types)
+
+    comp = sub.add_parser(
+        "compile", help="show the tasks a job would get, without submitting it (no peer needed)",
+        description="Run a job type's script on the given settings, as a peer does on submission, and print the "
+                    "tasks it makes. Nothing is submitted and no peer needs to run. Job types come from the "
+                    "built-ins, the data dir's job_types folder, then --job-types-dir (a later one overrides).",
+    )
+    comp.add_argument("job_type", metavar="JOBTYPE", help="job type name, see `flamenco-peer job-types`")
+    comp.add_argument("--job-types-dir", metavar="DIR", help="a folder of job-type scripts that override all others")
+    comp.add_argument("--data-dir", metavar="DIR",
+                      help=f"the peer data dir whose job_types folder and config to use (default: {default_data_dir()})")
+    comp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="a job setting, converted to the setting's type (repeatable; wins over --settings-json)")
+    comp.add_argument("--settings-json", metavar="FILE", help="a JSON object of job settings (- reads standard input)")
+    comp.add_argument("--blend", metavar="FILE",
+                      help="the .blend file; Blender computes the settings that have an eval expression")
+    comp.add_argument("--blender", default=shutil.which("blender") or "blender", help="Blender used to evaluate settings")
+    comp.add_argument("--name", help="job name (default: the .blend file's name or the job type)")
+    comp.add_argument("--priority", type=int, default=50, choices=range(0, 101), metavar="PRIORITY",
+                      help="0-100 (default 50)")
+    comp.add_argument("--json", action="store_true", help="print the compiled job as JSON")
+    comp.set_defaults(func=cmd_compile)
     for action, help in (("cancel", "cancel a job"), ("pause", "pause a job (running tasks finish)"),
                          ("requeue", "requeue (resume) a job: failed, canceled and paused tasks run again"),
                          ("delete", "delete a job, its tasks and logs")):

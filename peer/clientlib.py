@@ -109,6 +109,14 @@ class FlamencoClient:
         status, text = self.request("GET", info["url"])
         return text if isinstance(text, str) else ""
 
+    def farm_status(self) -> dict[str, Any]:
+        """The peer's view of the farm (Flamenco Peer only, not a Flamenco Manager)."""
+        status, body = self.request("GET", "/peer/v1/cluster/status")
+        if status == 404:
+            raise ClientError(f"{self.base_url} is not a Flamenco Peer (a Flamenco Manager has no farm status); "
+                              "use its web interface instead", status)
+        return self._api_json("/peer/v1/cluster/status", (status, body))
+
     def workers(self) -> list[dict[str, Any]]:
         return self.get("/api/v3/worker-mgt/workers")["workers"]
 

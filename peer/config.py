@@ -47,6 +47,10 @@ class PeerConfig:
     task_types: list[str] = field(
         default_factory=lambda: ["blender", "ffmpeg", "file-management", "misc"]
     )
+    # Farm membership
+    seeds: list[str] = field(default_factory=list)  # "host:port" of peers to contact when mDNS cannot
+    mdns: bool = True  # find peers on the LAN by multicast DNS
+    coordinator_priority: int = 0  # among equally up-to-date peers, the highest becomes coordinator
     # Coordinator side
     worker_timeout_s: float = 30.0
     compile_timeout_s: float = 5.0

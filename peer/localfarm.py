@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cluster import identity as farm_identity
 from .clientlib import ClientError, FlamencoClient
 
 
@@ -60,6 +61,11 @@ class LocalFarm:
         args = [self.python, "-m", "peer", *self.global_args, "run", "--data-dir", str(data_dir), "--port", "0", "--name", name]
         if join:
             args += ["--join", join]
+            # Same farm as the peer it joins: adopt its identity through a join code, as a user would.
+            first = self.peers[0].data_dir if self.peers else None
+            identity = farm_identity.load(first) if first else None
+            if identity is not None:
+                args += ["--join-code", identity.join_code()]
         if not worker:
             args.append("--no-worker")
         args += extra_args or []

@@ -1,4 +1,4 @@
-"""One peer process: HTTP server, coordinator (when alone) and worker (when enabled)."""
+"""One peer process: HTTP server, farm membership, coordinator (when elected) and worker."""
 
 from __future__ import annotations
 
@@ -9,10 +9,19 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 
+from . import __version__
 from .api.app import build_app
+from .cluster import identity as farm_identity
+from .cluster.auth import Verifier, auth_middleware, signing_session
+from .cluster.discovery import Discovery, DiscoveryError, PeerAdvert, interfaces_for_bind
+from .cluster.peer_cache import PeerCache, SeedError, bootstrap_urls, parse_seeds
+from .cluster.manager import ClusterManager, ClusterSettings
+from .cluster.transport import PeerTransport
 from .compiler.loader import BUILTIN_JOB_TYPES_DIR, JobTypeRegistry
 from .compiler.model import CompileLimits
 from .config import PeerConfig, config_path
@@ -27,7 +36,7 @@ log = logging.getLogger(__name__)
 class NodeOptions:
     data_dir: Path
     config: PeerConfig
-    join_url: str | None = None
+    join_url: str | None = None  # a seed: another peer of the farm to contact first
     worker: bool = True
 
 
@@ -36,67 +45,165 @@ class PeerNode:
         self.options = options
         self.config = options.config
         self.coordinator: Coordinator | None = None
+        self.cluster: ClusterManager | None = None
         self.worker: Worker | None = None
+        self.identity: farm_identity.FarmIdentity | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self.url = ""
+        self._port = 0
+        self.discovery: Discovery | None = None
+        self.peer_cache: PeerCache | None = None
+        self._cache_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def role(self) -> str:
-        return "coordinator" if self.coordinator else "peer"
+        return self.cluster.role if self.cluster else "starting"
+
+    def _session_factory(self) -> aiohttp.ClientSession:
+        assert self.identity is not None
+        return signing_session(self.identity, self.config.peer_id, connector=aiohttp.TCPConnector(limit=32))
 
     async def start(self) -> None:
         cfg = self.config
         data_dir = self.options.data_dir
-        if self.options.join_url is None:
-            (data_dir / "job_types").mkdir(parents=True, exist_ok=True)
-            registry = JobTypeRegistry([BUILTIN_JOB_TYPES_DIR, data_dir / "job_types"])
-            self.coordinator = Coordinator(
-                data_dir, registry,
-                compile_limits=CompileLimits(
-                    timeout_s=cfg.compile_timeout_s, max_memory_bytes=cfg.compile_memory_mb * 1024 * 1024),
-                worker_timeout_s=cfg.worker_timeout_s,
-            )
-            await self.coordinator.start()
+        self.identity = farm_identity.load_or_create(data_dir)
+        (data_dir / "job_types").mkdir(parents=True, exist_ok=True)
+        registry = JobTypeRegistry([BUILTIN_JOB_TYPES_DIR, data_dir / "job_types"])
+        self.coordinator = Coordinator(
+            data_dir, registry,
+            compile_limits=CompileLimits(
+                timeout_s=cfg.compile_timeout_s, max_memory_bytes=cfg.compile_memory_mb * 1024 * 1024),
+            worker_timeout_s=cfg.worker_timeout_s,
+            leading=False,
+        )
+        await self.coordinator.start()
+        self._session = self._session_factory()
+        try:
+            seeds = parse_seeds([*cfg.seeds, *filter(None, [self.options.join_url])])
+        except SeedError as exc:
+            await self.coordinator.stop()
+            raise SystemExit(f"flamenco-peer: {exc}") from None
+        self.peer_cache = PeerCache.in_data_dir(data_dir)
+        self.cluster = ClusterManager(
+            ClusterSettings(
+                peer_id=cfg.peer_id, name=cfg.name, farm_id=self.identity.farm_id, version=__version__,
+                priority=cfg.coordinator_priority,
+            ),
+            self.coordinator, PeerTransport(self._session), seeds=seeds,
+            worker_state=self._worker_state, on_role_change=self._role_changed,
+        )
 
-        app = build_app(name=cfg.name, coordinator=self.coordinator, forward_to=self.options.join_url)
+        app = build_app(
+            name=cfg.name, coordinator=self.coordinator, cluster=self.cluster, forward_session=self._session,
+            auth=auth_middleware(Verifier(self.identity)),
+        )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
-            await self._runner.cleanup()
-            if self.coordinator:
-                await self.coordinator.stop()
+            await self._cleanup()
             raise SystemExit(
                 f"flamenco-peer: cannot listen on {cfg.host}:{cfg.port} ({exc.strerror}); "
                 "another peer may be running there. Stop it, or pick another port with --port N (0 = any free port)."
             ) from None
-        port = self._runner.addresses[0][1]
-        self.url = f"http://{cfg.host}:{port}"
-        self._write_runtime_file(port)
+        self._port = self._runner.addresses[0][1]
+        interfaces = interfaces_for_bind(cfg.host)
+        host = cfg.host if cfg.host not in ("0.0.0.0", "", "::", "*") else interfaces[0]
+        self.url = f"http://{host}:{self._port}"
+        for url in bootstrap_urls([], self.peer_cache, self.identity.farm_id, own_url=self.url):
+            self.cluster.membership.add_contact(url, "cache")
+        await self.cluster.start(self.url)
+        if cfg.mdns:
+            await self._start_discovery(interfaces)
+        self._cache_task = asyncio.create_task(self._remember_peers(), name="peer-cache")
+        self._write_runtime_file()
 
         if self.options.worker:
-            coordinator_url = self.options.join_url or self.url
             self.worker = Worker(
-                coordinator_url,
+                self.cluster.coordinator_url,
                 WorkerIdentity(cfg.peer_id, cfg.name, list(cfg.task_types), address=cfg.host),
                 WorkerSettings(
                     blender_exe=cfg.blender, ffmpeg_exe=cfg.ffmpeg, enable_exec=cfg.enable_exec,
                     config_hint=f"set blender = \"/path/to/blender\" in {config_path(data_dir)} or pass --blender PATH",
                 ),
                 variables={"blender": cfg.blender, "blenderArgs": cfg.blender_args},
+                session_factory=self._session_factory,
             )
             self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
 
-    def _write_runtime_file(self, port: int) -> None:
+    async def _start_discovery(self, interfaces: list[str]) -> None:
+        assert self.identity is not None and self.cluster is not None
+        cluster = self.cluster
+
+        def found(peer_id: str, advert: PeerAdvert | None) -> None:
+            if advert is not None:
+                cluster.membership.add_contact(advert.url, "mdns")
+
+        try:
+            self.discovery = Discovery(
+                farm_id=self.identity.farm_id, peer_id=self.config.peer_id, name=self.config.name,
+                port=self._port, interfaces=interfaces, version=__version__, on_change=found,
+            )
+            await self.discovery.start()
+        except (DiscoveryError, OSError) as exc:
+            # Seeds and the peer cache still work; say why the LAN is not searched.
+            log.warning("mDNS discovery is off: %s; peers are found only through --join/seeds and the cache", exc)
+            self.discovery = None
+
+    async def _remember_peers(self) -> None:
+        """Keep the last-known peers on disk, for the next start on a network without multicast."""
+        assert self.cluster is not None and self.peer_cache is not None and self.identity is not None
+        while True:
+            await asyncio.sleep(5.0)
+            for member in self.cluster.membership.alive():
+                self.peer_cache.remember(member.peer_id, member.url, self.identity.farm_id)
+            if self.peer_cache.dirty:
+                await asyncio.to_thread(self.peer_cache.save)
+
+    def _worker_state(self) -> dict[str, Any] | None:
+        if self.worker is None:
+            return None
+        return {"enabled": True, "current_task": self.worker.current_task, "tasks_done": self.worker.tasks_done}
+
+    def _role_changed(self) -> None:
+        if self._port:
+            self._write_runtime_file()
+        if self.discovery is not None and self.cluster is not None:
+            task = asyncio.create_task(self.discovery.update(role=self.cluster.role, epoch=self.cluster.epoch))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _write_runtime_file(self) -> None:
         """Tell local clients (CLI, add-on) where this peer listens."""
-        info = {"url": self.url, "port": port, "pid": os.getpid(), "role": self.role, "name": self.config.name}
+        info = {"url": self.url, "port": self._port, "pid": os.getpid(), "role": self.role, "name": self.config.name}
         path = self.options.data_dir / "peer.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info), encoding="utf-8")
         os.replace(tmp, path)
+
+    async def _cleanup(self) -> None:
+        if self._cache_task is not None:
+            self._cache_task.cancel()
+        if self.discovery is not None:
+            try:
+                await self.discovery.stop()
+            except Exception:  # shutting down: nothing to do about it
+                log.debug("stopping discovery failed", exc_info=True)
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.coordinator is not None:
+            await self.coordinator.begin_shutdown()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.coordinator is not None:
+            await self.coordinator.stop()
+        if self._session is not None:
+            await self._session.close()
 
     async def stop(self) -> None:
         if self._worker_task is not None:
@@ -105,12 +212,7 @@ class PeerNode:
                 await self._worker_task
             except (asyncio.CancelledError, Exception):
                 pass
-        if self.coordinator is not None:
-            await self.coordinator.begin_shutdown()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self.coordinator is not None:
-            await self.coordinator.stop()
+        await self._cleanup()
         try:
             (self.options.data_dir / "peer.json").unlink()
         except FileNotFoundError:
@@ -118,11 +220,13 @@ class PeerNode:
 
     async def run_forever(self) -> None:
         await self.start()
-        what = [self.role]
+        what = ["peer"]
         if self.worker:
             what.append("worker")
-        target = f" joined to {self.options.join_url}" if self.options.join_url else ""
-        print(f"flamenco-peer: {self.config.name} listening on {self.url} as {' + '.join(what)}{target}", flush=True)
+        seeds = f", contacting {self.options.join_url}" if self.options.join_url else ""
+        assert self.identity is not None
+        print(f"flamenco-peer: {self.config.name} listening on {self.url} as {' + '.join(what)}"
+              f" in farm {self.identity.name!r}{seeds}", flush=True)
         print(f"flamenco-peer: data in {self.options.data_dir}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -133,3 +237,5 @@ class PeerNode:
         finally:
             print("flamenco-peer: stopping", flush=True)
             await self.stop()
+
+

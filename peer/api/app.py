@@ -1,25 +1,31 @@
 """Assemble the peer's aiohttp application.
 
-A coordinating peer serves the client API and the peer protocol itself. A
-peer that joined another forwards the client API to the coordinator, so the
-add-on and the CLI only ever need their local peer's address.
+The coordinating peer serves the client API and the peer protocol itself.
+Every other peer forwards the client API to the coordinator, so the add-on and
+the CLI only ever need their local peer's address.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
+from ..cluster.election import COORDINATOR
+from ..cluster.manager import ClusterManager
 from ..coordinator.service import APIError, Coordinator
-from . import client_api, peer_protocol
+from . import client_api, cluster_api, peer_protocol
 
 log = logging.getLogger(__name__)
 
-FORWARD_TO_KEY = web.AppKey("forward_to", str)
 FORWARD_SESSION_KEY = web.AppKey("forward_session", aiohttp.ClientSession)
+
+# Client-API requests a follower answers itself instead of forwarding.
+_ANSWERED_LOCALLY = ("/api/v3/version",)
+# How long a forwarded request waits for an election to produce a coordinator.
+ELECTION_WAIT_S = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,47 +57,77 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(request, 500, f"internal error in flamenco-peer: {type(exc).__name__}: {exc}; see the peer's log")
 
 
-async def _forward(request: web.Request) -> web.StreamResponse:
-    base = request.app[FORWARD_TO_KEY]
+def _forwarded(path: str) -> bool:
+    return (path.startswith("/api/v3/") or path.startswith("/job-files/")) and path not in _ANSWERED_LOCALLY
+
+
+def coordinator_router(cluster: ClusterManager) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Serve the client API here while this peer coordinates; otherwise pass it on.
+
+    So the add-on and the CLI only ever talk to their local peer, whoever
+    coordinates the farm at the moment.
+    """
+
+    @web.middleware
+    async def route(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not _forwarded(request.path) or cluster.role == COORDINATOR:
+            return await handler(request)
+        target = await cluster.wait_for_coordinator(ELECTION_WAIT_S)
+        if target is None or target == cluster.url:
+            if cluster.role == COORDINATOR:
+                return await handler(request)
+            raise APIError(
+                503, f"the farm has no coordinator right now ({cluster.waiting_reason}); "
+                     "it elects one within seconds when peers are reachable — retry shortly, "
+                     "and check `flamenco-peer status`",
+            )
+        return await _forward(request, target)
+
+    return route
+
+
+async def _forward(request: web.Request, base: str) -> web.StreamResponse:
     session = request.app[FORWARD_SESSION_KEY]
     url = base.rstrip("/") + request.rel_url.path_qs
     headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
     try:
-        async with session.request(request.method, url, data=await request.read(), headers=headers) as resp:
+        async with session.request(
+            request.method, url, data=await request.read(), headers=headers,
+            timeout=aiohttp.ClientTimeout(total=120),
+        ) as resp:
             body = await resp.read()
             out_headers = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type",)}
             return web.Response(status=resp.status, body=body, headers=out_headers)
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise APIError(
-            502, f"this peer forwards to the coordinator at {base}, which cannot be reached ({exc}); "
-                 "check that the coordinator peer is running",
+            502, f"this peer forwards to the coordinator at {base}, which cannot be reached "
+                 f"({exc or type(exc).__name__}); the farm elects a new one within seconds if it is gone — retry",
         ) from None
 
 
 def build_app(
-    *, name: str, coordinator: Coordinator | None, forward_to: str | None = None,
+    *, name: str, coordinator: Coordinator,
+    cluster: ClusterManager | None = None,
+    forward_session: aiohttp.ClientSession | None = None,
+    auth: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]] | None = None,
     extra_routes: list[web.RouteDef] | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=64 * 1024 * 1024)
+    """The peer's HTTP surface. Without ``cluster`` the coordinator serves
+    everything itself (tests and single-process tools)."""
+    middlewares: list[Any] = [m for m in (auth,) if m is not None]
+    middlewares.append(errors_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
     app[client_api.PEER_NAME_KEY] = name
-    if coordinator is not None:
-        app[client_api.COORDINATOR_KEY] = coordinator
-        app.add_routes(client_api.routes)
-        app.add_routes(peer_protocol.routes)
-    elif forward_to:
-        app[FORWARD_TO_KEY] = forward_to
-
-        async def open_session(app: web.Application) -> None:
-            app[FORWARD_SESSION_KEY] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
-
-        async def close_session(app: web.Application) -> None:
-            await app[FORWARD_SESSION_KEY].close()
-
-        app.on_startup.append(open_session)
-        app.on_cleanup.append(close_session)
-        app.router.add_route("*", "/api/v3/{tail:.*}", _forward)
-        app.router.add_route("*", "/job-files/{tail:.*}", _forward)
+    app[client_api.COORDINATOR_KEY] = coordinator
+    app.add_routes(client_api.routes)
+    app.add_routes(peer_protocol.routes)
+    if cluster is not None:
+        if forward_session is None:
+            raise ValueError("a peer in a cluster needs a forward_session (signed for the farm)")
+        app.middlewares.append(coordinator_router(cluster))
+        app[cluster_api.CLUSTER_KEY] = cluster
+        app[FORWARD_SESSION_KEY] = forward_session
+        app.add_routes(cluster_api.routes)
     if extra_routes:
         app.add_routes(extra_routes)
     return app
-

@@ -25,7 +25,7 @@ def pack_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgpack.packb(body, use_bin_type=True), status=status, content_type=MSGPACK)
 
 
-async def _read(request: web.Request) -> dict[str, Any]:
+async def read_msgpack(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = msgpack.unpackb(raw, raw=False) if raw else {}
@@ -47,7 +47,7 @@ def _str(body: dict[str, Any], key: str, required: bool = True) -> str:
 
 @routes.post(f"{PREFIX}/worker/sign-on")
 async def sign_on(request: web.Request) -> web.Response:
-    body = await _read(request)
+    body = await read_msgpack(request)
     types = body.get("supported_task_types")
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise APIError(400, "field 'supported_task_types' must be a list of strings")
@@ -63,14 +63,14 @@ async def sign_on(request: web.Request) -> web.Response:
 
 @routes.post(f"{PREFIX}/worker/sign-off")
 async def sign_off(request: web.Request) -> web.Response:
-    body = await _read(request)
+    body = await read_msgpack(request)
     await request.app[COORDINATOR_KEY].sign_off(_str(body, "worker_id"))
     return pack_response({"ok": True})
 
 
 @routes.post(f"{PREFIX}/worker/claim")
 async def claim(request: web.Request) -> web.Response:
-    body = await _read(request)
+    body = await read_msgpack(request)
     wait_s = body.get("wait_s", 10.0)
     if not isinstance(wait_s, (int, float)) or wait_s < 0:
         raise APIError(400, "field 'wait_s' must be a non-negative number")
@@ -82,7 +82,7 @@ async def claim(request: web.Request) -> web.Response:
 
 @routes.post(f"{PREFIX}/worker/task-update")
 async def task_update(request: web.Request) -> web.Response:
-    body = await _read(request)
+    body = await read_msgpack(request)
     steps = body.get("steps_completed")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise APIError(400, "field 'steps_completed' must be a non-negative integer")

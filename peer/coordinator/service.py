@@ -391,7 +391,7 @@ class Coordinator:
         await self._write(lambda tx: tx.emit(ev.JobPriorityChanged(job_id=job_id, priority=priority, at=at)))
 
     async def delete_job(self, job_id: str) -> None:
-        job = await self.get_job(job_id)
+        await self.get_job(job_id)
         at = status_machine.now()
 
         def delete(tx: Transaction) -> None:
@@ -556,6 +556,49 @@ class Coordinator:
             )
 
         return count
+
+    # --- merging a partition's progress -----------------------------------
+
+    async def merge_diverged(self, events: list[ev.Event], source: str) -> dict[str, int]:
+        """Fold in what another coordinator decided while the farm was split.
+
+        ``events`` are the entries of that coordinator's log that this one
+        never saw. Jobs submitted there are added, tasks completed there stay
+        completed, their logs are kept, and deletions and shared job types are
+        applied. Everything else (assignments, progress, worker states) is
+        re-established by the workers themselves when they sign on here.
+        """
+        at = status_machine.now()
+
+        def merge(tx: Transaction) -> dict[str, int]:
+            counts = {"jobs": 0, "completed_tasks": 0, "log_batches": 0, "deleted_jobs": 0}
+            for e in events:
+                if isinstance(e, ev.JobSubmitted):
+                    if tx.query_one("SELECT 1 FROM jobs WHERE id=?", (e.job["id"],)) is None:
+                        tx.emit(e)
+                        counts["jobs"] += 1
+                elif isinstance(e, ev.TasksStatusChanged) and e.status == "completed":
+                    marks = ",".join("?" * len(e.task_ids))
+                    ids = [r["id"] for r in tx.query(
+                        f"SELECT id FROM tasks WHERE id IN ({marks}) AND status != 'completed'", tuple(e.task_ids))]
+                    status_machine.set_tasks_status(
+                        tx, ids, "completed", e.activity or f"completed on {source} while the farm was split", at)
+                    counts["completed_tasks"] += len(ids)
+                elif isinstance(e, ev.TaskLogged):
+                    if tx.query_one("SELECT 1 FROM tasks WHERE id=?", (e.task_id,)) is not None:
+                        tx.emit(e)
+                        counts["log_batches"] += 1
+                elif isinstance(e, ev.JobDeleted):
+                    if tx.query_one("SELECT 1 FROM jobs WHERE id=?", (e.job_id,)) is not None:
+                        tx.emit(ev.JobDeleted(job_id=e.job_id, at=at))
+                        counts["deleted_jobs"] += 1
+                elif isinstance(e, (ev.JobTypePublished, ev.JobTypeWithdrawn)):
+                    tx.emit(e)
+            return counts
+
+        counts = await self._write(merge)
+        log.info("merged the progress of %s: %s", source, counts)
+        return counts
 
     # --- timeouts ---------------------------------------------------------
 

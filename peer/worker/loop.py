@@ -14,7 +14,7 @@ import logging
 import platform
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import msgpack
@@ -44,13 +44,33 @@ class TaskTakenAway(Exception):
     """The coordinator says this worker must stop the task (canceled, reassigned, deleted)."""
 
 
-@dataclass
 class ProtocolClient:
-    base_url: str
-    session: aiohttp.ClientSession
+    """Calls to whichever peer coordinates the farm right now.
+
+    ``locate`` answers where that is (it changes when the farm elects a new
+    coordinator). A worker signed on at one coordinator must sign on again
+    before it talks to another, so calls raise ``_SignOnAgain`` once the
+    coordinator has moved.
+    """
+
+    def __init__(self, locate: str | Callable[[], str | None], session: aiohttp.ClientSession) -> None:
+        self.locate: Callable[[], str | None] = (lambda: locate) if isinstance(locate, str) else locate
+        self.session = session
+        self.signed_on_url: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.locate() or "(no coordinator yet)"
 
     async def call(self, path: str, body: dict[str, Any], *, timeout: float = 30.0) -> tuple[int, Any]:
-        url = f"{self.base_url.rstrip('/')}/peer/v1/{path}"
+        base = self.locate()
+        if base is None:
+            raise CoordinatorGone("no coordinator known yet (the farm is electing one)")
+        if path == "worker/sign-on":
+            self.signed_on_url = base
+        elif self.signed_on_url is not None and base != self.signed_on_url and path != "worker/sign-off":
+            raise _SignOnAgain()
+        url = f"{base.rstrip('/')}/peer/v1/{path}"
         try:
             async with self.session.post(
                 url, data=msgpack.packb(body, use_bin_type=True), headers={"Content-Type": MSGPACK},
@@ -99,14 +119,16 @@ class TaskRun:
 class Worker:
     def __init__(
         self,
-        coordinator_url: str,
+        coordinator_url: str | Callable[[], str | None],
         identity: WorkerIdentity,
         settings: WorkerSettings,
         variables: dict[str, str],
         *,
         claim_wait_s: float = 10.0,
         report_interval_s: float = 0.5,
+        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
+        self.session_factory = session_factory
         self.coordinator_url = coordinator_url
         self.identity = identity
         self.settings = settings
@@ -118,8 +140,9 @@ class Worker:
 
     async def run(self) -> None:
         """Work until cancelled. Survives coordinator outages by retrying."""
-        connector = aiohttp.TCPConnector(limit=4)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        session = self.session_factory() if self.session_factory else aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4))
+        async with session:
             client = ProtocolClient(self.coordinator_url, session)
             backoff = 0.2
             signed_on = False
@@ -140,7 +163,8 @@ class Worker:
                         log.warning("coordinator unreachable (%s); retrying in %.1f s", exc, backoff)
                         signed_on = False
                         await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                        backoff = min(backoff * 2, 5.0)
+                        # Capped low: a new coordinator is usually elected within 2 s.
+                        backoff = min(backoff * 2, 1.0)
                     except _SignOnAgain:
                         signed_on = False
             finally:
@@ -159,7 +183,7 @@ class Worker:
         })
         if status != 200:
             raise CoordinatorGone(f"sign-on refused ({status}): {body}")
-        log.info("worker %s signed on at %s", self.identity.name, self.coordinator_url)
+        log.info("worker %s signed on at %s", self.identity.name, client.signed_on_url)
 
     async def _claim(self, client: ProtocolClient) -> dict[str, Any] | None:
         status, body = await client.call(
@@ -297,8 +321,13 @@ class Worker:
                 return str(exc)
             except (CoordinatorGone, _SignOnAgain) as exc:
                 # Keep rendering: the coordinator may come back (or another take over).
-                log.warning("task %s: progress report failed (%s); still running", run.task_id, exc)
+                log.warning("task %s: progress report failed (%s); still running", run.task_id, exc or type(exc).__name__)
                 await asyncio.sleep(self.report_interval_s)
+                if isinstance(exc, _SignOnAgain):
+                    try:  # re-attach to the new coordinator, telling it what we run
+                        await self._sign_on(client)
+                    except CoordinatorGone:
+                        pass
                 continue
             if not reply.get("may_keep_running", True):
                 commands_task.cancel()
