@@ -395,13 +395,19 @@ def _describe_job_type(job_type: dict[str, Any]) -> str:
 
 
 def cmd_job_types(args: argparse.Namespace) -> int:
-    types = FlamencoClient(args.peer).job_types()
+    client = FlamencoClient(args.peer)
+    types = client.job_types()
+    broken = client.job_type_errors()
     if args.json:
         print(json.dumps(types, indent=2))
     elif not types:
         print("No job types. Put job-type scripts (.js) in the peer's job_types folder.")
     else:
         print("\n\n".join(_describe_job_type(t) for t in types))
+    if broken:
+        print("\nJob-type scripts that failed to load:", file=sys.stderr)
+        for error in broken:
+            print(f"  {error['message']}", file=sys.stderr)
     return 0
 
 

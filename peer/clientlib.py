@@ -117,6 +117,11 @@ class FlamencoClient:
                               "use its web interface instead", status)
         return self._api_json("/peer/v1/cluster/status", (status, body))
 
+    def job_type_errors(self) -> list[dict[str, Any]]:
+        """Scripts that failed to load (Flamenco Peer only; empty for a Flamenco Manager)."""
+        status, body = self.request("GET", "/peer/v1/job-types/errors")
+        return body if status == 200 and isinstance(body, list) else []
+
     def workers(self) -> list[dict[str, Any]]:
         return self.get("/api/v3/worker-mgt/workers")["workers"]
 

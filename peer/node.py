@@ -20,6 +20,7 @@ from .cluster import identity as farm_identity
 from .cluster.auth import Verifier, auth_middleware, signing_session
 from .cluster.discovery import Discovery, DiscoveryError, PeerAdvert, interfaces_for_bind
 from .cluster.peer_cache import PeerCache, SeedError, bootstrap_urls, parse_seeds
+from .cluster.job_type_sharing import JobTypePublisher
 from .cluster.manager import ClusterManager, ClusterSettings
 from .cluster.transport import PeerTransport
 from .compiler.loader import BUILTIN_JOB_TYPES_DIR, JobTypeRegistry
@@ -53,9 +54,12 @@ class PeerNode:
         self._worker_task: asyncio.Task[None] | None = None
         self.url = ""
         self._port = 0
+        self._ready = False
         self.discovery: Discovery | None = None
         self.peer_cache: PeerCache | None = None
         self._cache_task: asyncio.Task[None] | None = None
+        self._publisher_task: asyncio.Task[None] | None = None
+        self.publisher: JobTypePublisher | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
@@ -71,7 +75,9 @@ class PeerNode:
         data_dir = self.options.data_dir
         self.identity = farm_identity.load_or_create(data_dir)
         (data_dir / "job_types").mkdir(parents=True, exist_ok=True)
-        registry = JobTypeRegistry([BUILTIN_JOB_TYPES_DIR, data_dir / "job_types"])
+        # The farm's job types: built-ins, overridden by what peers share from
+        # their own job_types folders (this one's included, see JobTypePublisher).
+        registry = JobTypeRegistry([BUILTIN_JOB_TYPES_DIR])
         self.coordinator = Coordinator(
             data_dir, registry,
             compile_limits=CompileLimits(
@@ -79,6 +85,7 @@ class PeerNode:
             worker_timeout_s=cfg.worker_timeout_s,
             leading=False,
         )
+        registry.shared = self.coordinator.shared_job_type_scripts
         await self.coordinator.start()
         self._session = self._session_factory()
         try:
@@ -121,6 +128,13 @@ class PeerNode:
         if cfg.mdns:
             await self._start_discovery(interfaces)
         self._cache_task = asyncio.create_task(self._remember_peers(), name="peer-cache")
+        self.publisher = JobTypePublisher(
+            data_dir / "job_types", peer_id=cfg.peer_id, name=cfg.name, cluster=self.cluster,
+            coordinator=self.coordinator, transport=PeerTransport(self._session),
+        )
+        self.coordinator.before_job_types = self.publisher.sync
+        self._publisher_task = asyncio.create_task(self.publisher.run(), name="job-type-sharing")
+        self._ready = True
         self._write_runtime_file()
 
         if self.options.worker:
@@ -171,7 +185,7 @@ class PeerNode:
         return {"enabled": True, "current_task": self.worker.current_task, "tasks_done": self.worker.tasks_done}
 
     def _role_changed(self) -> None:
-        if self._port:
+        if self._ready:  # before that, start() writes it when everything runs
             self._write_runtime_file()
         if self.discovery is not None and self.cluster is not None:
             task = asyncio.create_task(self.discovery.update(role=self.cluster.role, epoch=self.cluster.epoch))
@@ -187,8 +201,9 @@ class PeerNode:
         os.replace(tmp, path)
 
     async def _cleanup(self) -> None:
-        if self._cache_task is not None:
-            self._cache_task.cancel()
+        for task in (self._cache_task, self._publisher_task):
+            if task is not None:
+                task.cancel()
         if self.discovery is not None:
             try:
                 await self.discovery.stop()

@@ -57,7 +57,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(request, 500, f"internal error in flamenco-peer: {type(exc).__name__}: {exc}; see the peer's log")
 
 
+# Peer-protocol paths that are about the farm's coordinator state, for local clients.
+_FORWARDED_PEER_PATHS = ("/peer/v1/job-types/errors",)
+
+
 def _forwarded(path: str) -> bool:
+    if path in _FORWARDED_PEER_PATHS:
+        return True
     return (path.startswith("/api/v3/") or path.startswith("/job-files/")) and path not in _ANSWERED_LOCALLY
 
 

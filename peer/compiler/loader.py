@@ -5,16 +5,18 @@ Rules (Flamenco's, see docs/job-types.md for where we differ):
   are ignored; the job-type name is the file stem with ``_`` turned into ``-``;
 - directories are searched in order and a later one overrides an earlier one
   (built-ins first, then the user's directory);
-- scripts are re-read when they change on disk, without a restart.
+- scripts are re-read when they change on disk, without a restart;
+- scripts shared by the farm's peers (``shared``) override all directories.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,18 +98,27 @@ def _load_failure_message(err: CompileError, name: str, limits: CompileLimits) -
 def load_job_type_script(path: Path, limits: CompileLimits = LOAD_LIMITS) -> JobTypeScript | JobTypeLoadError:
     """Read and run one script; never raises for problems in the script."""
     name = job_type_name(path.name)
-    file_name = path.name
-
-    def failed(what: str) -> JobTypeLoadError:
-        return JobTypeLoadError(name, path, f"{file_name}: {what}; {_unavailable(name)}")
-
     try:
         mtime = path.stat().st_mtime
         source = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        return failed("the file is not UTF-8 text — save it as UTF-8")
+        return JobTypeLoadError(name, path, f"{path.name}: the file is not UTF-8 text — save it as UTF-8; {_unavailable(name)}")
     except OSError as exc:
-        return failed(f"cannot read the file ({exc.strerror or exc}) — check its permissions")
+        return JobTypeLoadError(
+            name, path, f"{path.name}: cannot read the file ({exc.strerror or exc}) — check its permissions; "
+                        f"{_unavailable(name)}")
+    return load_job_type_source(path, source, mtime, limits)
+
+
+def load_job_type_source(
+    path: Path, source: str, mtime: float = 0.0, limits: CompileLimits = LOAD_LIMITS,
+) -> JobTypeScript | JobTypeLoadError:
+    """Run a script's top level and check its ``JOB_TYPE``; ``path`` names it in messages."""
+    name = job_type_name(path.name)
+    file_name = path.name
+
+    def failed(what: str) -> JobTypeLoadError:
+        return JobTypeLoadError(name, path, f"{file_name}: {what}; {_unavailable(name)}")
 
     try:
         with JsSession(file_name, limits) as session:
@@ -132,6 +143,23 @@ def load_job_type_script(path: Path, limits: CompileLimits = LOAD_LIMITS) -> Job
     return JobTypeScript(name=name, path=path, source=source, job_type=job_type, mtime=mtime)
 
 
+@dataclass(frozen=True)
+class SharedScript:
+    """A job-type script that is not a file here: one shared by a farm peer.
+
+    ``origin`` says where it came from, e.g. ``farm:workstation-3``; it is
+    shown in place of a folder in messages.
+    """
+
+    file_name: str
+    source: str
+    origin: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.origin) / self.file_name
+
+
 _StatKey = tuple[int, int]  # (mtime_ns, size): "has this file changed?"
 
 
@@ -144,11 +172,18 @@ class JobTypeRegistry:
     ``await registry.refresh_async()``.
     """
 
-    def __init__(self, dirs: Sequence[Path | str], limits: CompileLimits = LOAD_LIMITS) -> None:
+    def __init__(
+        self, dirs: Sequence[Path | str], limits: CompileLimits = LOAD_LIMITS, *,
+        shared: Callable[[], list[SharedScript]] | None = None,
+    ) -> None:
+        """``shared`` lists scripts that override every directory (the farm's
+        shared job types); it is called by ``refresh`` on the calling thread."""
         self.dirs = [Path(d) for d in dirs]
         self.limits = limits
+        self.shared = shared
         self._lock = threading.Lock()
         self._cache: dict[Path, tuple[_StatKey, JobTypeScript | JobTypeLoadError]] = {}
+        self._shared_cache: dict[tuple[Path, str], JobTypeScript | JobTypeLoadError] = {}
         self._scripts: dict[str, JobTypeScript] = {}
         self._errors: list[JobTypeLoadError] = []
 
@@ -176,6 +211,20 @@ class JobTypeRegistry:
                         scripts[result.name] = result
                     else:
                         errors.append(result)
+            shared_cache: dict[tuple[Path, str], JobTypeScript | JobTypeLoadError] = {}
+            for item in self.shared() if self.shared else []:
+                key = (item.path, hashlib.sha1(item.source.encode("utf-8")).hexdigest())
+                result = self._shared_cache.get(key)
+                if result is None:
+                    result = load_job_type_source(item.path, item.source, 0.0, self.limits)
+                    if isinstance(result, JobTypeLoadError):
+                        _log.warning("%s", result.message)
+                shared_cache[key] = result
+                if isinstance(result, JobTypeScript):
+                    scripts[result.name] = result
+                else:
+                    errors.append(result)
+            self._shared_cache = shared_cache
             self._cache = cache
             self._scripts = dict(sorted(scripts.items()))
             self._errors = [_note_fallback(e, scripts) for e in errors]

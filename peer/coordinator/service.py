@@ -23,7 +23,7 @@ from ..compiler.model import CompileError, CompileLimits, CompileRequest
 from ..compiler.runtime import compile_job_async
 from ..compiler.validation import validate_settings
 from . import events as ev
-from . import scheduler, status_machine
+from . import scheduler, shared_job_types, status_machine
 from .dbthread import DBThread
 from .store import NO_TERM, JobStore, Term, Transaction
 from .tasklogs import TaskLogs
@@ -105,6 +105,9 @@ class Coordinator:
         self.on_commit: list[Callable[[int], None]] = []
         # Set by the cluster layer: wait until another peer holds index N.
         self.replication_barrier: Callable[[int], Awaitable[None]] | None = None
+        # Set by the node: share this peer's own job-type folder before a lookup,
+        # so an edit there is visible at once.
+        self.before_job_types: Callable[[], Awaitable[None]] | None = None
         self._workers: dict[str, WorkerPresence] = {}
         self._work_version = 0
         self._work_changed = asyncio.Condition()
@@ -224,11 +227,11 @@ class Coordinator:
     # --- job types --------------------------------------------------------
 
     async def job_types(self) -> list[dict[str, Any]]:
-        await self.db.run(self.registry.refresh)
+        await self._refresh_job_types()
         return [s.job_type for s in self.registry.list()]
 
     async def job_type(self, name: str) -> dict[str, Any]:
-        await self.db.run(self.registry.refresh)
+        await self._refresh_job_types()
         script = self.registry.get(name)
         if script is None:
             raise APIError(404, self._unknown_job_type_message(name))
@@ -241,11 +244,33 @@ class Coordinator:
             return f"job type {name!r} failed to load: {broken[0].message}"
         return f"job type unknown: {name!r}; this farm has: {known}"
 
+    async def publish_job_types(self, publisher_id: str, publisher_name: str, scripts: Any) -> dict[str, int]:
+        """A peer shares its job-type folder with the farm (see ``shared_job_types``)."""
+        try:
+            checked = shared_job_types.check_publication(scripts)
+        except shared_job_types.PublicationError as exc:
+            raise APIError(400, f"cannot share the job types of peer {publisher_name}: {exc}") from None
+        at = status_machine.now()
+        result = await self._write(
+            lambda tx: shared_job_types.publish(tx, publisher_id, publisher_name, checked, at))
+        if any(result.values()):
+            log.info("job types of peer %s: %s", publisher_name, result)
+        return result
+
+    def shared_job_type_scripts(self) -> list[Any]:
+        """For ``JobTypeRegistry(shared=...)``: runs on the DB thread, inside ``refresh``."""
+        return shared_job_types.shared_scripts(self.store.read())
+
+    async def _refresh_job_types(self) -> None:
+        if self.before_job_types is not None:
+            await self.before_job_types()
+        await self.db.run(self.registry.refresh)
+
     # --- submission -------------------------------------------------------
 
     async def submit_job(self, submitted: Any, *, check_only: bool = False) -> dict[str, Any] | None:
         job = _parse_submitted_job(submitted)
-        await self.db.run(self.registry.refresh)
+        await self._refresh_job_types()
         script = self.registry.get(job["type"])
         if script is None:
             raise APIError(400, self._unknown_job_type_message(job["type"]))

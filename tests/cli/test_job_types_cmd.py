@@ -122,6 +122,8 @@ def test_a_broken_script_does_not_break_the_listing(cli: Cli) -> None:
     assert "broken" not in names and "showcase" in names
     r = cli.ok("job-types")
     assert all(block.splitlines()[0].split()[0] != "broken" for block in r.stdout.split("\n\n")), r.stdout
+    # ...and said to be broken, with the file and the cause, on stderr.
+    assert "failed to load" in r.stderr and "broken.js" in r.stderr, r.explain()
 
 
 def test_unreachable_peer(bare_cli: Cli) -> None:
