@@ -8,6 +8,7 @@ import time
 from aiohttp import web
 
 from ..cluster.manager import ClusterManager
+from ..coordinator.service import APIError
 from .peer_protocol import PREFIX, pack_response, read_msgpack
 
 CLUSTER_KEY = web.AppKey("cluster", ClusterManager)
@@ -31,6 +32,26 @@ async def pull(request: web.Request) -> web.Response:
 async def merge(request: web.Request) -> web.Response:
     body = await read_msgpack(request)
     return pack_response(await request.app[CLUSTER_KEY].handle_merge(body))
+
+
+@routes.post(f"{PREFIX}/job-types/publish")
+async def publish_job_types(request: web.Request) -> web.Response:
+    body = await read_msgpack(request)
+    peer_id, name = body.get("peer_id"), body.get("name")
+    if not isinstance(peer_id, str) or not peer_id or not isinstance(name, str):
+        raise APIError(400, "publishing job types needs 'peer_id' and 'name' strings and a 'scripts' map")
+    coordinator = request.app[CLUSTER_KEY].coordinator
+    return pack_response(await coordinator.publish_job_types(peer_id, name, body.get("scripts")))
+
+
+@routes.get(f"{PREFIX}/job-types/errors")
+async def job_type_errors(request: web.Request) -> web.Response:
+    """Job-type scripts that failed to load, with the reason (JSON, for the CLI and dashboard)."""
+    coordinator = request.app[CLUSTER_KEY].coordinator
+    await coordinator.job_types()  # refreshes the registry first
+    return web.json_response([
+        {"name": e.name, "path": str(e.path), "message": e.message} for e in coordinator.registry.errors()
+    ])
 
 
 @routes.get(f"{PREFIX}/cluster/status")
