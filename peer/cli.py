@@ -448,6 +448,33 @@ def cmd_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blocklist(args: argparse.Namespace) -> int:
+    client = FlamencoClient(args.peer)
+    job_id = _resolve_job(client, args.job)
+    entries = client.job_blocklist(job_id)
+    if args.clear:
+        chosen = [e for e in entries
+                  if (not args.worker or args.worker in (e["worker_id"], e.get("worker_name")))
+                  and (not args.task_type or e["task_type"] == args.task_type)]
+        if not chosen:
+            print(f"Nothing to clear: job {job_id} has no matching blocklist entries")
+            return 0
+        client.clear_blocklist(job_id, [{"worker_id": e["worker_id"], "task_type": e["task_type"]} for e in chosen])
+        print(f"Cleared {len(chosen)} blocklist entr{'y' if len(chosen) == 1 else 'ies'} of job {job_id}; "
+              "those workers may take its tasks again")
+        return 0
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    elif not entries:
+        print(f"Job {job_id} has no blocklisted workers")
+    else:
+        print(_table([[e.get("worker_name", ""), e["worker_id"][:8], e["task_type"]] for e in entries],
+                     ["WORKER", "ID", "TASK TYPE"]))
+        print("\nA worker is blocklisted after failing too many tasks of one type in a job. "
+              "Clear with: flamenco-peer blocklist JOB --clear [--worker W] [--task-type T]")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -491,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ffmpeg", metavar="PATH", help="FFmpeg executable (default: ffmpeg on PATH)")
     run.add_argument("--enable-exec", action="store_true", help="allow the `exec` command (runs any program a job names)")
     run.add_argument("--worker-timeout", type=float, metavar="SECONDS",
-                     help="requeue a worker's tasks when it is silent this long (default 30)")
+                     help="requeue a worker's tasks when it is silent this long (default 60)")
     run.set_defaults(func=cmd_run)
 
     submit = client_parser("submit", "submit a job")
@@ -554,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = client_parser(action, help, json_flag=False)
         p.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
         p.set_defaults(func=cmd_action)
+    p = client_parser("blocklist", "show or clear the workers blocklisted for a job's task types")
+    p.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
+    p.add_argument("--clear", action="store_true", help="remove entries (all, or those matching --worker/--task-type)")
+    p.add_argument("--worker", metavar="NAME_OR_ID", help="with --clear: only this worker's entries")
+    p.add_argument("--task-type", metavar="TYPE", help="with --clear: only entries of this task type")
+    p.set_defaults(func=cmd_blocklist)
     p = client_parser("priority", "change a job's priority", json_flag=False)
     p.add_argument("job", metavar="JOB")
     p.add_argument("priority", type=int, choices=range(0, 101), metavar="PRIORITY", help="0-100")

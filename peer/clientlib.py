@@ -111,15 +111,29 @@ class FlamencoClient:
 
     def farm_status(self) -> dict[str, Any]:
         """The peer's view of the farm (Flamenco Peer only, not a Flamenco Manager)."""
-        status, body = self.request("GET", "/peer/v1/cluster/status")
-        if status == 404:
-            raise ClientError(f"{self.base_url} is not a Flamenco Peer (a Flamenco Manager has no farm status); "
-                              "use its web interface instead", status)
+        try:
+            status, body = self.request("GET", "/peer/v1/cluster/status")
+        except ClientError as exc:
+            if exc.status == 404:
+                raise ClientError(f"{self.base_url} is not a Flamenco Peer (a Flamenco Manager has no farm status); "
+                                  "use its web interface instead", 404) from None
+            raise
         return self._api_json("/peer/v1/cluster/status", (status, body))
+
+    def job_blocklist(self, job_id: str) -> list[dict[str, Any]]:
+        _, body = self.request("GET", f"/api/v3/jobs/{job_id}/blocklist")
+        return body if isinstance(body, list) else []
+
+    def clear_blocklist(self, job_id: str, entries: list[dict[str, str]] | None = None) -> None:
+        path = f"/api/v3/jobs/{job_id}/blocklist"
+        self._api_json(path, self.request("DELETE", path, entries))
 
     def job_type_errors(self) -> list[dict[str, Any]]:
         """Scripts that failed to load (Flamenco Peer only; empty for a Flamenco Manager)."""
-        status, body = self.request("GET", "/peer/v1/job-types/errors")
+        try:
+            status, body = self.request("GET", "/peer/v1/job-types/errors")
+        except ClientError:
+            return []  # a Flamenco Manager, or an older peer
         return body if status == 200 and isinstance(body, list) else []
 
     def workers(self) -> list[dict[str, Any]]:

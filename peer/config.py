@@ -47,12 +47,17 @@ class PeerConfig:
     task_types: list[str] = field(
         default_factory=lambda: ["blender", "ffmpeg", "file-management", "misc"]
     )
+    worker_tags: list[str] = field(default_factory=list)  # a tagged job only goes to workers with its tag
     # Farm membership
     seeds: list[str] = field(default_factory=list)  # "host:port" of peers to contact when mDNS cannot
     mdns: bool = True  # find peers on the LAN by multicast DNS
     coordinator_priority: int = 0  # among equally up-to-date peers, the highest becomes coordinator
     # Coordinator side
-    worker_timeout_s: float = 30.0
+    worker_timeout_s: float = 60.0  # requeue a silent worker's tasks after this long
+    task_timeout_s: float = 600.0  # fail (softly) a task that made no progress this long
+    task_fail_after_softfail_count: int = 3  # workers that may fail a task before it fails for good
+    blocklist_threshold: int = 3  # failures of one worker on one job and task type before it is blocklisted
+    job_fail_percentage: int = 10  # a job fails when this percentage of its tasks failed
     compile_timeout_s: float = 5.0
     compile_memory_mb: int = 256
 

@@ -27,6 +27,7 @@ from .compiler.loader import BUILTIN_JOB_TYPES_DIR, JobTypeRegistry
 from .compiler.model import CompileLimits
 from .config import PeerConfig, config_path
 from .coordinator.service import Coordinator
+from .coordinator.status_machine import FailurePolicy
 from .worker.commands.base import WorkerSettings
 from .worker.loop import Worker, WorkerIdentity
 
@@ -83,6 +84,11 @@ class PeerNode:
             compile_limits=CompileLimits(
                 timeout_s=cfg.compile_timeout_s, max_memory_bytes=cfg.compile_memory_mb * 1024 * 1024),
             worker_timeout_s=cfg.worker_timeout_s,
+            task_timeout_s=cfg.task_timeout_s,
+            failure_policy=FailurePolicy(
+                task_fail_after_softfail_count=cfg.task_fail_after_softfail_count,
+                blocklist_threshold=cfg.blocklist_threshold, job_fail_percentage=cfg.job_fail_percentage,
+            ),
             leading=False,
         )
         registry.shared = self.coordinator.shared_job_type_scripts
@@ -140,7 +146,8 @@ class PeerNode:
         if self.options.worker:
             self.worker = Worker(
                 self.cluster.coordinator_url,
-                WorkerIdentity(cfg.peer_id, cfg.name, list(cfg.task_types), address=cfg.host),
+                WorkerIdentity(cfg.peer_id, cfg.name, list(cfg.task_types), address=cfg.host,
+                               tags=list(cfg.worker_tags)),
                 WorkerSettings(
                     blender_exe=cfg.blender, ffmpeg_exe=cfg.ffmpeg, enable_exec=cfg.enable_exec,
                     config_hint=f"set blender = \"/path/to/blender\" in {config_path(data_dir)} or pass --blender PATH",

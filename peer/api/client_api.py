@@ -126,6 +126,30 @@ async def set_job_priority(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@routes.get("/api/v3/jobs/{job_id}/blocklist")
+async def fetch_job_blocklist(request: web.Request) -> web.Response:
+    return web.json_response(await _coordinator(request).job_blocklist(request.match_info["job_id"]))
+
+
+@routes.delete("/api/v3/jobs/{job_id}/blocklist")
+async def remove_job_blocklist(request: web.Request) -> web.Response:
+    """Flamenco removes the listed (worker, task type) entries; an empty or missing
+    body removes them all (what a person clearing the blocklist wants)."""
+    raw = await request.read()
+    entries: list[tuple[str, str]] | None = None
+    if raw.strip():
+        body = await read_json(request)
+        if not isinstance(body, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("worker_id"), str) and isinstance(e.get("task_type"), str)
+            for e in body
+        ):
+            raise APIError(400, "the body must be a list of {\"worker_id\": ..., \"task_type\": ...} entries "
+                                "(or empty, to clear the whole blocklist)")
+        entries = [(e["worker_id"], e["task_type"]) for e in body] or None
+    await _coordinator(request).remove_from_blocklist(request.match_info["job_id"], entries)
+    return web.Response(status=204)
+
+
 @routes.get("/api/v3/tasks/{task_id}")
 async def fetch_task(request: web.Request) -> web.Response:
     return web.json_response(await _coordinator(request).get_task(request.match_info["task_id"]))

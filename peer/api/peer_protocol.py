@@ -52,11 +52,14 @@ async def sign_on(request: web.Request) -> web.Response:
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise APIError(400, "field 'supported_task_types' must be a list of strings")
     current = body.get("current_task")
+    tags = body.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise APIError(400, "field 'tags' must be a list of strings")
     await request.app[COORDINATOR_KEY].sign_on(
         worker_id=_str(body, "worker_id"), name=_str(body, "name"),
         address=_str(body, "address", required=False) or (request.remote or ""),
         platform=_str(body, "platform", required=False), software=_str(body, "software", required=False),
-        supported_task_types=types, current_task=current if isinstance(current, str) else None,
+        supported_task_types=types, current_task=current if isinstance(current, str) else None, tags=tags,
     )
     return pack_response({"ok": True})
 
@@ -99,3 +102,15 @@ async def task_update(request: web.Request) -> web.Response:
         # Saves the worker a round trip between tasks: report and claim in one.
         result["next_task"] = await coordinator.claim_task(worker_id, 0.0)
     return pack_response(result)
+
+
+@routes.post(f"{PREFIX}/worker/watch")
+async def watch(request: web.Request) -> web.Response:
+    """Long-poll while a task runs: answers at once when the task must stop."""
+    body = await read_msgpack(request)
+    wait_s = body.get("wait_s", 10.0)
+    if not isinstance(wait_s, (int, float)) or wait_s < 0:
+        raise APIError(400, "field 'wait_s' must be a non-negative number")
+    verdict = await request.app[COORDINATOR_KEY].watch_task(
+        _str(body, "worker_id"), _str(body, "task_id"), float(wait_s))
+    return pack_response(verdict)

@@ -128,6 +128,27 @@ class WorkerUpdated(Event):
 
 
 @dataclass(frozen=True)
+class WorkerBlocklisted(Event):
+    """A worker failed too many tasks of one type in a job: it gets no more of them."""
+
+    kind: ClassVar[str] = "worker-blocklisted"
+    job_id: str
+    worker_id: str
+    task_type: str
+    at: str
+
+
+@dataclass(frozen=True)
+class BlocklistEntriesRemoved(Event):
+    """Blocklist entries of a job removed by a person; (worker_id, task_type) pairs."""
+
+    kind: ClassVar[str] = "blocklist-entries-removed"
+    job_id: str
+    entries: list[list[str]]
+    at: str
+
+
+@dataclass(frozen=True)
 class TaskLogged(Event):
     """Lines for a task's log. Logs travel in the event log so that every
     replica holds them: a line that reached one peer survives its death."""
@@ -174,6 +195,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TaskFailuresCleared,
         WorkerUpdated,
         TaskLogged,
+        WorkerBlocklisted,
+        BlocklistEntriesRemoved,
         JobTypePublished,
         JobTypeWithdrawn,
     )

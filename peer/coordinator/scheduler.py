@@ -1,9 +1,14 @@
 """Which task a worker gets next.
 
-Order: job priority (high first), task priority (high first), then the oldest
-job and the task's position in it. Flamenco leaves ties to SQLite's natural
-order; we make them explicit so scheduling is reproducible and a farm works
-through jobs first-come first-served.
+Order: job priority (high first); among jobs of equal priority, the job with
+the fewest tasks running right now (so equal jobs share the workers round-robin
+and a long job cannot starve a short one); then task priority (high first),
+the oldest job, and the task's position in it. Flamenco orders by the two
+priorities only and leaves ties to SQLite; our tie-breaks make scheduling
+reproducible and fair.
+
+A worker never gets a task it failed before, nor a task of a type it is
+blocklisted for in that job, nor a task of a job tagged for other workers.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ class WorkerProfile:
 _PICK_SQL = """
 SELECT t.id
 FROM tasks t JOIN jobs j ON j.id = t.job_id
+LEFT JOIN (SELECT job_id, COUNT(*) AS n FROM tasks WHERE status = 'active' GROUP BY job_id) running
+       ON running.job_id = t.job_id
 WHERE t.status IN ('queued', 'soft-failed')
   AND j.status IN ('queued', 'active')
   AND t.type IN ({types})
@@ -34,8 +41,10 @@ WHERE t.status IN ('queued', 'soft-failed')
       SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on
       WHERE d.task_id = t.id AND dt.status != 'completed')
   AND NOT EXISTS (
-      SELECT 1 FROM task_failures f WHERE f.task_id = t.id AND f.worker_id = ?)
-ORDER BY j.priority DESC, t.priority DESC, j.seq ASC, t.index_in_job ASC
+      SELECT 1 FROM task_failures f WHERE f.task_id = t.id AND f.worker_id = :worker)
+  AND NOT EXISTS (
+      SELECT 1 FROM job_blocks b WHERE b.job_id = t.job_id AND b.worker_id = :worker AND b.task_type = t.type)
+ORDER BY j.priority DESC, COALESCE(running.n, 0) ASC, t.priority DESC, j.seq ASC, t.index_in_job ASC
 LIMIT 1
 """
 
@@ -54,12 +63,12 @@ def current_task_of(tx: Transaction, worker_id: str) -> str | None:
 def pick_task(tx: Transaction, worker: WorkerProfile) -> str | None:
     if not worker.supported_task_types:
         return None
-    types = ",".join("?" * len(worker.supported_task_types))
-    tags = ",".join("?" * len(worker.tags)) or "NULL"
-    row = tx.query_one(
-        _PICK_SQL.format(types=types, tags=tags),
-        (*worker.supported_task_types, *worker.tags, worker.worker_id),
-    )
+    params: dict[str, str] = {"worker": worker.worker_id}
+    params.update({f"type{i}": t for i, t in enumerate(worker.supported_task_types)})
+    params.update({f"tag{i}": t for i, t in enumerate(worker.tags)})
+    types = ",".join(f":type{i}" for i in range(len(worker.supported_task_types)))
+    tags = ",".join(f":tag{i}" for i in range(len(worker.tags))) or "NULL"
+    row = tx.query_one(_PICK_SQL.format(types=types, tags=tags), params)
     return row["id"] if row else None
 
 

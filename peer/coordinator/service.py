@@ -89,13 +89,23 @@ class Coordinator:
         registry: JobTypeRegistry,
         *,
         compile_limits: CompileLimits | None = None,
-        worker_timeout_s: float = 30.0,
+        worker_timeout_s: float = 60.0,
+        task_timeout_s: float = 600.0,
+        failure_policy: status_machine.FailurePolicy = status_machine.DEFAULT_POLICY,
         leading: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self.registry = registry
         self.compile_limits = compile_limits or CompileLimits()
         self.worker_timeout_s = worker_timeout_s
+        self.task_timeout_s = task_timeout_s
+        self.failure_policy = failure_policy
+        # task id -> when it last made progress (steps, log output); in memory:
+        # a new coordinator starts every running task's clock afresh.
+        self._task_progress: dict[str, float] = {}
+        # Bumped on every change that may stop a running task (watch_task).
+        self._tasks_version = 0
+        self._tasks_changed = asyncio.Condition()
         self.logs = TaskLogs(data_dir / "logs")
         self.store = JobStore(data_dir / "peer.sqlite", self.logs)
         self.db = DBThread()
@@ -157,8 +167,11 @@ class Coordinator:
 
     async def _wake_waiters(self) -> None:
         self._work_version += 1
+        self._tasks_version += 1
         async with self._work_changed:
             self._work_changed.notify_all()
+        async with self._tasks_changed:
+            self._tasks_changed.notify_all()
 
     async def begin_shutdown(self) -> None:
         """Answer every waiting long-poll now, so the HTTP server can close at once."""
@@ -199,7 +212,7 @@ class Coordinator:
             # thread must not let an old leader's decision in.
             if self.term != term:
                 raise NotCoordinator()
-            with self.store.transaction(term) as tx:
+            with status_machine.policy_in_effect(self.failure_policy), self.store.transaction(term) as tx:
                 result = fn(tx)
             return result, tx
 
@@ -223,6 +236,11 @@ class Coordinator:
             self._work_version += 1
             async with self._work_changed:
                 self._work_changed.notify_all()
+        if any(isinstance(e, (ev.TasksStatusChanged, ev.TaskAssigned, ev.JobDeleted, ev.JobStatusChanged))
+               for e in emitted):
+            self._tasks_version += 1
+            async with self._tasks_changed:
+                self._tasks_changed.notify_all()
 
     # --- job types --------------------------------------------------------
 
@@ -444,11 +462,14 @@ class Coordinator:
 
     async def sign_on(
         self, worker_id: str, name: str, address: str, platform: str, software: str,
-        supported_task_types: list[str], current_task: str | None,
+        supported_task_types: list[str], current_task: str | None, tags: list[str] | None = None,
     ) -> None:
         if not self.leading:
             raise NotCoordinator()
-        profile = scheduler.WorkerProfile(worker_id, name, tuple(t.lower() for t in supported_task_types))
+        profile = scheduler.WorkerProfile(
+            worker_id, name, tuple(t.lower() for t in supported_task_types), tuple(tags or ()))
+        if current_task:
+            self._task_progress[current_task] = time.monotonic()
         self._workers[worker_id] = WorkerPresence(profile, address, platform, software)
         at = status_machine.now()
 
@@ -514,6 +535,7 @@ class Coordinator:
 
             task_id = await self._write(claim)
             if task_id is not None:
+                self._task_progress.setdefault(task_id, time.monotonic())
                 return await self._read(lambda tx: _assigned_task(tx, task_id))
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closing:
@@ -537,6 +559,7 @@ class Coordinator:
         eligible = self._eligible_workers_for(task_id, exclude=worker_id)
 
         def apply(tx: Transaction) -> dict[str, Any]:
+            result: dict[str, Any] = {}
             row = tx.query_one(
                 "SELECT t.status, t.worker_id, t.job_id, t.type, j.status AS job_status FROM tasks t "
                 "JOIN jobs j ON j.id=t.job_id WHERE t.id=?", (task_id,))
@@ -548,18 +571,28 @@ class Coordinator:
                 tx.task_log(task_id, update.log.rstrip("\n"))
             if row["status"] != "active":
                 return {"may_keep_running": False, "reason": f'task is in non-runnable status "{row["status"]}"', "code": 409}
-            if update.steps_completed is not None or update.activity is not None or update.task_status is None:
-                tx.emit(ev.TaskProgressed(task_id=task_id, steps_completed=update.steps_completed, activity=update.activity, at=at))
+            current = tx.query_one("SELECT steps_completed, activity FROM tasks WHERE id=?", (task_id,))
+            steps_changed = update.steps_completed is not None and update.steps_completed != current["steps_completed"]
+            activity_changed = update.activity is not None and update.activity != current["activity"]
+            # A heartbeat that changes nothing is not worth a log entry on every replica.
+            if steps_changed or activity_changed:
+                tx.emit(ev.TaskProgressed(
+                    task_id=task_id, steps_completed=update.steps_completed if steps_changed else None,
+                    activity=update.activity if activity_changed else None, at=at))
+            result["progressed"] = steps_changed or bool(update.log)
             if update.task_status == "completed":
                 status_machine.set_tasks_status(tx, [task_id], "completed", update.activity or "Completed", at)
-                return {"may_keep_running": False, "reason": "task completed", "code": 200}
+                return {**result, "may_keep_running": False, "reason": "task completed", "code": 200}
             if update.task_status == "failed":
-                n = eligible(tx, row["job_id"], row["type"])
-                status_machine.task_failed_by_worker(tx, task_id, worker_id, update.activity or "failed", n, at)
-                return {"may_keep_running": False, "reason": "task failed", "code": 200}
-            return {"may_keep_running": True, "reason": "", "code": 200}
+                status_machine.task_failed_by_worker(tx, task_id, worker_id, update.activity or "failed", eligible, at)
+                return {**result, "may_keep_running": False, "reason": "task failed", "code": 200}
+            return {**result, "may_keep_running": True, "reason": "", "code": 200}
 
         result = await self._write(apply)
+        if result.pop("progressed", False) or update.task_status == "active":
+            self._task_progress[task_id] = time.monotonic()
+        if update.task_status in ("completed", "failed"):
+            self._task_progress.pop(task_id, None)
         code = result.pop("code")
         if code in (404, 409):
             raise APIError(code, result["reason"], **result)
@@ -575,12 +608,68 @@ class Coordinator:
 
         def count(tx: Transaction, job_id: str, task_type: str) -> int:
             failed = {r["worker_id"] for r in tx.query("SELECT worker_id FROM task_failures WHERE task_id=?", (task_id,))}
+            blocked = {r["worker_id"] for r in tx.query(
+                "SELECT worker_id FROM job_blocks WHERE job_id=? AND task_type=?", (job_id, task_type))}
+            tag_row = tx.query_one("SELECT worker_tag FROM jobs WHERE id=?", (job_id,))
+            tag = tag_row["worker_tag"] if tag_row else ""
             return sum(
                 1 for wid, prof in profiles.items()
-                if wid not in failed and task_type in prof.supported_task_types
+                if wid not in failed and wid not in blocked and task_type in prof.supported_task_types
+                and (not tag or tag in prof.tags)
             )
 
         return count
+
+    async def watch_task(self, worker_id: str, task_id: str, wait_s: float) -> dict[str, Any]:
+        """Long-poll: answer as soon as ``task_id`` may no longer run on ``worker_id``,
+        or after ``wait_s`` with ``may_keep_running``. This is how a worker learns
+        of a cancel, pause, deletion or reassignment within a moment."""
+        deadline = time.monotonic() + max(0.0, min(wait_s, 60.0))
+        while True:
+            if self._closing or not self.leading:
+                raise NotCoordinator()
+            self._presence(worker_id)
+            version = self._tasks_version
+            verdict = await self._read(lambda tx: _may_keep_running(tx, worker_id, task_id))
+            remaining = deadline - time.monotonic()
+            if not verdict["may_keep_running"] or remaining <= 0:
+                return verdict
+            async with self._tasks_changed:
+                if version == self._tasks_version:
+                    try:
+                        async with asyncio.timeout(remaining):
+                            await self._tasks_changed.wait()
+                    except TimeoutError:
+                        pass
+
+    # --- blocklist --------------------------------------------------------
+
+    async def job_blocklist(self, job_id: str) -> list[dict[str, str]]:
+        await self.get_job(job_id)
+        return await self._read(lambda tx: [
+            {"worker_id": r["worker_id"], "task_type": r["task_type"], "worker_name": r["name"] or r["worker_id"]}
+            for r in tx.query(
+                """SELECT b.worker_id, b.task_type, w.name FROM job_blocks b LEFT JOIN workers w ON w.id = b.worker_id
+                   WHERE b.job_id=? ORDER BY w.name, b.task_type""", (job_id,))
+        ])
+
+    async def remove_from_blocklist(self, job_id: str, entries: list[tuple[str, str]] | None) -> int:
+        """Remove the given (worker, task type) entries, or all of them (``None``); returns how many."""
+        await self.get_job(job_id)
+        at = status_machine.now()
+
+        def remove(tx: Transaction) -> int:
+            present = {(r["worker_id"], r["task_type"]) for r in tx.query(
+                "SELECT worker_id, task_type FROM job_blocks WHERE job_id=?", (job_id,))}
+            chosen = sorted(present if entries is None else present & set(entries))
+            if chosen:
+                tx.emit(ev.BlocklistEntriesRemoved(job_id=job_id, entries=[list(e) for e in chosen], at=at))
+            return len(chosen)
+
+        removed = await self._write(remove)
+        if removed:  # a blocklisted worker may take this job's tasks again
+            await self._wake_waiters()
+        return removed
 
     # --- merging a partition's progress -----------------------------------
 
@@ -639,6 +728,7 @@ class Coordinator:
     async def check_timeouts(self) -> None:
         if not self.leading:
             return
+        await self._check_task_progress()
         limit = time.monotonic() - self.worker_timeout_s
         for worker_id, presence in list(self._workers.items()):
             if presence.last_seen < limit:
@@ -648,6 +738,32 @@ class Coordinator:
                     worker_id, presence, "error",
                     f"worker {presence.profile.name} timed out (not seen for {self.worker_timeout_s:.0f} s)",
                 )
+
+    async def _check_task_progress(self) -> None:
+        """Fail (softly, so another worker retries) tasks that made no progress for too long."""
+        stale_before = time.monotonic() - self.task_timeout_s
+        stale = [t for t, last in self._task_progress.items() if last < stale_before]
+        if not stale:
+            return
+        at = status_machine.now()
+        for task_id in stale:
+            self._task_progress.pop(task_id, None)
+
+            def fail(tx: Transaction) -> str | None:
+                row = tx.query_one("SELECT worker_id, status FROM tasks WHERE id=?", (task_id,))
+                if row is None or row["status"] != "active":
+                    return None
+                worker_id = row["worker_id"]
+                tx.task_log(task_id, f"{at} no progress for {self.task_timeout_s:.0f} s on worker {worker_id}; "
+                                     "giving it to another worker")
+                eligible = self._eligible_workers_for(task_id, exclude=worker_id)
+                return status_machine.task_failed_by_worker(
+                    tx, task_id, worker_id, f"Task timed out: no progress for {self.task_timeout_s:.0f} s",
+                    eligible, at)
+
+            status = await self._write(fail)
+            if status:
+                log.warning("task %s made no progress for %.0f s: %s", task_id, self.task_timeout_s, status)
 
     # --- farm status ------------------------------------------------------
 
@@ -662,6 +778,19 @@ class Coordinator:
         return "idle"
 
 
+def _may_keep_running(tx: Transaction, worker_id: str, task_id: str) -> dict[str, Any]:
+    row = tx.query_one(
+        "SELECT t.status, t.worker_id, j.status AS job_status FROM tasks t JOIN jobs j ON j.id=t.job_id WHERE t.id=?",
+        (task_id,))
+    if row is None:
+        return {"may_keep_running": False, "reason": "the task's job was deleted"}
+    if row["worker_id"] != worker_id:
+        return {"may_keep_running": False, "reason": "the task was given to another worker"}
+    if row["status"] != "active":
+        return {"may_keep_running": False, "reason": f'the task is now "{row["status"]}"'}
+    return {"may_keep_running": True, "reason": ""}
+
+
 def _may_free_work(e: ev.Event) -> bool:
     if isinstance(e, ev.JobSubmitted):
         return True
@@ -669,7 +798,7 @@ def _may_free_work(e: ev.Event) -> bool:
         return e.status in ("queued", "soft-failed", "completed")
     if isinstance(e, ev.JobStatusChanged):
         return e.status in ("queued", "active")
-    return isinstance(e, (ev.JobPriorityChanged, ev.TaskFailuresCleared))
+    return isinstance(e, (ev.JobPriorityChanged, ev.TaskFailuresCleared, ev.BlocklistEntriesRemoved))
 
 
 def _monotonic_to_iso(mono: float) -> str:

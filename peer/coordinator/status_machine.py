@@ -10,8 +10,12 @@ events therefore needs none of this logic.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from . import events as ev
 from .store import Transaction
@@ -22,10 +26,38 @@ JOB_STATUSES = (
 )
 TASK_STATUSES = ("queued", "active", "soft-failed", "failed", "completed", "canceled", "paused")
 
-# A job fails when at least this percentage of its tasks failed (Flamenco: 10).
-JOB_FAIL_PERCENTAGE = 10
-# Distinct workers that may fail a task before it is failed for good (Flamenco: 3).
-TASK_FAIL_AFTER_SOFTFAIL_COUNT = 3
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How many failures a farm tolerates. Defaults are Flamenco's."""
+
+    # Distinct workers that may fail a task before it is failed for good.
+    task_fail_after_softfail_count: int = 3
+    # Failures of one worker on one job's tasks of one type before it is blocklisted for them.
+    blocklist_threshold: int = 3
+    # A job fails when at least this percentage of its tasks failed.
+    job_fail_percentage: int = 10
+
+
+DEFAULT_POLICY = FailurePolicy()
+# The coordinator decides on one DB thread; it sets the policy there for the
+# duration of each decision (see Coordinator._write), so the rules need no
+# extra parameter threaded through every call.
+_policy: ContextVar[FailurePolicy] = ContextVar("failure_policy", default=DEFAULT_POLICY)
+
+
+@contextmanager
+def policy_in_effect(policy: FailurePolicy) -> Iterator[None]:
+    token = _policy.set(policy)
+    try:
+        yield
+    finally:
+        _policy.reset(token)
+
+
+def current_policy() -> FailurePolicy:
+    return _policy.get()
 
 # Statuses a human (CLI, add-on, dashboard) may request for a job, and the
 # job statuses from which each request makes sense.
@@ -110,11 +142,12 @@ def update_job_after_task_change(tx: Transaction, job_id: str, task_status: str,
 
     if task_status == "failed":
         failed = counts.get("failed", 0)
-        if total and math.floor(failed / total * 100) >= JOB_FAIL_PERCENTAGE:
+        percentage = current_policy().job_fail_percentage
+        if total and math.floor(failed / total * 100) >= percentage:
             if job_status not in ("failed", "canceled", "cancel-requested"):
                 _emit_job_status(
                     tx, job_id, "failed",
-                    f"{failed} of {total} tasks failed ({JOB_FAIL_PERCENTAGE}% or more)", at,
+                    f"{failed} of {total} tasks failed ({percentage}% or more)", at,
                 )
         elif _maybe_finish_pause(tx, job_id, job_status, counts, at):
             pass
@@ -236,29 +269,86 @@ def _after_job_status_change(tx: Transaction, job_id: str, status: str, previous
 # --- failures ----------------------------------------------------------------
 
 
+EligibleWorkers = Callable[[Transaction, str, str], int]
+
+
 def task_failed_by_worker(
-    tx: Transaction, task_id: str, worker_id: str, message: str, eligible_workers: int, at: str
+    tx: Transaction, task_id: str, worker_id: str, message: str,
+    eligible_workers: int | EligibleWorkers, at: str,
 ) -> str:
     """Record a worker's failure of a task; soft-fail or fail it. Returns the new status.
 
-    ``eligible_workers`` counts the workers that could still run this task
-    (known, supporting its type, not yet failed on it). When none is left,
-    retrying cannot help and the task fails at once.
+    ``eligible_workers`` counts the other workers that could still run this
+    task (live, supporting its type, not failed on it, not blocklisted);
+    as a function it gets ``(tx, job_id, task_type)``, so it sees a blocklist
+    entry made here. Flamenco's rules (compat §5.4) with its two counting
+    quirks fixed (see docs/architecture.md):
+
+    1. the failure is recorded for (task, worker);
+    2. a worker that failed ``blocklist_threshold`` tasks of this job and type
+       is blocklisted for them; if then no worker is left for that type, the
+       task and the job fail;
+    3. a task failed by ``task_fail_after_softfail_count`` workers fails;
+    4. a task no other worker can run fails;
+    5. otherwise it is soft-failed and retried on another worker.
     """
+    policy = current_policy()
+    row = tx.query_one("SELECT job_id, type FROM tasks WHERE id=?", (task_id,))
+    job_id, task_type = row["job_id"], row["type"]
+
+    def others() -> int:
+        if isinstance(eligible_workers, int):
+            return eligible_workers
+        return eligible_workers(tx, job_id, task_type)
+
     tx.emit(ev.TaskFailureRecorded(task_id=task_id, worker_id=worker_id, at=at))
+    if _maybe_blocklist(tx, job_id, task_type, worker_id, policy, at) and others() <= 0:
+        why = f"no worker is left to run tasks of type {task_type!r} (the last one was blocklisted)"
+        set_tasks_status(tx, [task_id], "failed", f"Failed: {message}; {why}", at)
+        if _job_status(tx, job_id) not in ("failed", "canceled", "cancel-requested", "completed"):
+            _emit_job_status(tx, job_id, "failed", f"Job failed: {why}", at)
+        return "failed"
+
     failures = tx.query_one("SELECT COUNT(*) AS n FROM task_failures WHERE task_id=?", (task_id,))["n"]
-    if failures >= TASK_FAIL_AFTER_SOFTFAIL_COUNT:
+    if failures >= policy.task_fail_after_softfail_count:
         status = "failed"
         activity = f"Failed by {failures} workers: {message}"
-    elif eligible_workers <= 0:
+    elif others() <= 0:
         status = "failed"
         activity = f"Failed, and no other worker can run it: {message}"
     else:
         status = "soft-failed"
-        left = TASK_FAIL_AFTER_SOFTFAIL_COUNT - failures
+        left = policy.task_fail_after_softfail_count - failures
         activity = f"Soft failure ({left} more failures will fail it): {message}"
     set_tasks_status(tx, [task_id], status, activity, at)
     return status
+
+
+def _maybe_blocklist(
+    tx: Transaction, job_id: str, task_type: str, worker_id: str, policy: FailurePolicy, at: str,
+) -> bool:
+    """Blocklist the worker for (job, task type) once it failed enough of them; True if it happened now."""
+    if tx.query_one(
+        "SELECT 1 FROM job_blocks WHERE job_id=? AND worker_id=? AND task_type=?", (job_id, worker_id, task_type)
+    ):
+        return False
+    failed = tx.query_one(
+        """SELECT COUNT(*) AS n FROM task_failures f JOIN tasks t ON t.id = f.task_id
+           WHERE f.worker_id=? AND t.job_id=? AND t.type=?""",
+        (worker_id, job_id, task_type),
+    )["n"]
+    if failed < policy.blocklist_threshold:
+        return False
+    tx.emit(ev.WorkerBlocklisted(job_id=job_id, worker_id=worker_id, task_type=task_type, at=at))
+    # Tasks this worker failed for good may succeed elsewhere: give them another chance.
+    hard_failed = [
+        r["id"] for r in tx.query(
+            """SELECT t.id FROM tasks t JOIN task_failures f ON f.task_id = t.id
+               WHERE t.job_id=? AND t.type=? AND t.status='failed' AND f.worker_id=?""",
+            (job_id, task_type, worker_id))
+    ]
+    requeue_tasks(tx, hard_failed, f"worker {worker_id} was blocklisted for {task_type!r} tasks of this job", at)
+    return True
 
 
 def requeue_tasks(tx: Transaction, task_ids: list[str], reason: str, at: str) -> None:

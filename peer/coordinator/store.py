@@ -131,6 +131,14 @@ CREATE TABLE IF NOT EXISTS task_failures (
     at         TEXT NOT NULL,
     PRIMARY KEY (task_id, worker_id)
 );
+-- (worker, task type) pairs that may no longer run tasks of a job (Flamenco's job_blocks).
+CREATE TABLE IF NOT EXISTS job_blocks (
+    job_id     TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    worker_id  TEXT NOT NULL,
+    task_type  TEXT NOT NULL,
+    at         TEXT NOT NULL,
+    PRIMARY KEY (job_id, worker_id, task_type)
+);
 -- Local index of task log files (plain text under logs/); not replicated:
 -- each peer indexes the logs it holds.
 CREATE TABLE IF NOT EXISTS task_logs (
@@ -510,6 +518,20 @@ def _apply_failures_cleared(conn: sqlite3.Connection, e: ev.TaskFailuresCleared)
     )
 
 
+def _apply_blocklisted(conn: sqlite3.Connection, e: ev.WorkerBlocklisted) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO job_blocks (job_id, worker_id, task_type, at) VALUES (?, ?, ?, ?)",
+        (e.job_id, e.worker_id, e.task_type, e.at),
+    )
+
+
+def _apply_blocklist_removed(conn: sqlite3.Connection, e: ev.BlocklistEntriesRemoved) -> None:
+    conn.executemany(
+        "DELETE FROM job_blocks WHERE job_id=? AND worker_id=? AND task_type=?",
+        [(e.job_id, worker_id, task_type) for worker_id, task_type in e.entries],
+    )
+
+
 def _apply_nothing(conn: sqlite3.Connection, e: ev.Event) -> None:
     """Events whose effect lives outside the tables (log files)."""
 
@@ -552,6 +574,8 @@ _APPLY: dict[type, Callable[[sqlite3.Connection, Any], None]] = {
     ev.TaskFailuresCleared: _apply_failures_cleared,
     ev.WorkerUpdated: _apply_worker_updated,
     ev.TaskLogged: _apply_nothing,
+    ev.WorkerBlocklisted: _apply_blocklisted,
+    ev.BlocklistEntriesRemoved: _apply_blocklist_removed,
     ev.JobTypePublished: _apply_job_type_published,
     ev.JobTypeWithdrawn: _apply_job_type_withdrawn,
 }

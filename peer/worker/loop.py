@@ -34,6 +34,7 @@ class WorkerIdentity:
     name: str
     supported_task_types: list[str]
     address: str = ""
+    tags: list[str] = field(default_factory=list)
 
 
 class CoordinatorGone(Exception):
@@ -94,6 +95,8 @@ class TaskRun:
     _log: list[str] = field(default_factory=list)
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     outputs: list[str] = field(default_factory=list)
+    # Set by whoever stops the task on the coordinator's word (watch, reports).
+    stop_reason: str | None = None
 
     async def log(self, text: str) -> None:
         self._log.append(text if text.endswith("\n") else text + "\n")
@@ -179,7 +182,7 @@ class Worker:
             "worker_id": self.identity.worker_id, "name": self.identity.name,
             "address": self.identity.address, "platform": platform.system().lower(),
             "software": __version__, "supported_task_types": self.identity.supported_task_types,
-            "current_task": self.current_task,
+            "current_task": self.current_task, "tags": self.identity.tags,
         })
         if status != 200:
             raise CoordinatorGone(f"sign-on refused ({status}): {body}")
@@ -249,14 +252,14 @@ class Worker:
         self.current_task = run.task_id
         commands_task = asyncio.create_task(self._run_commands(run, task["commands"]))
         reporter = asyncio.create_task(self._report_while_running(client, run, commands_task))
+        watcher = asyncio.create_task(self._watch(client, run, commands_task))
         try:
             try:
                 await commands_task
             except asyncio.CancelledError:
-                if not commands_task.cancelled() or not reporter.done():
-                    raise
-                # The reporter cancelled the commands: the task was taken away.
-                log.info("task %s stopped: %s", run.task_id, reporter.result())
+                if run.stop_reason is None:
+                    raise  # the worker itself is being stopped
+                log.info("task %s stopped: %s", run.task_id, run.stop_reason)
                 return None
             except CommandError as exc:
                 run.activity = f"Failed: {exc.message}"
@@ -275,7 +278,7 @@ class Worker:
             return await self._report_final(client, run, task_status="completed")
         finally:
             self.current_task = None
-            for t in (commands_task, reporter):
+            for t in (commands_task, reporter, watcher):
                 if not t.done():
                     t.cancel()
 
@@ -317,6 +320,7 @@ class Worker:
                 reply = await self._report(client, run, task_status=None if started else "active")
                 started = True
             except TaskTakenAway as exc:
+                run.stop_reason = str(exc)
                 commands_task.cancel()
                 return str(exc)
             except (CoordinatorGone, _SignOnAgain) as exc:
@@ -330,9 +334,29 @@ class Worker:
                         pass
                 continue
             if not reply.get("may_keep_running", True):
+                run.stop_reason = reply.get("reason", "told to stop")
                 commands_task.cancel()
-                return reply.get("reason", "told to stop")
+                return run.stop_reason
             await asyncio.sleep(self.report_interval_s)
+
+    async def _watch(self, client: ProtocolClient, run: TaskRun, commands_task: asyncio.Task[None]) -> None:
+        """Hold a long-poll open while the task runs, so a cancel, pause or
+        reassignment stops it within a moment instead of at the next report."""
+        while not commands_task.done():
+            try:
+                status, reply = await client.call(
+                    "worker/watch", {"worker_id": self.identity.worker_id, "task_id": run.task_id, "wait_s": 10.0},
+                    timeout=25.0,
+                )
+            except (CoordinatorGone, _SignOnAgain):
+                await asyncio.sleep(self.report_interval_s)  # the reporter re-attaches; then watch again
+                continue
+            if status == 200 and isinstance(reply, dict) and not reply.get("may_keep_running", True):
+                run.stop_reason = str(reply.get("reason") or "the coordinator stopped this task")
+                commands_task.cancel()
+                return
+            if status != 200:
+                await asyncio.sleep(self.report_interval_s)
 
 
 class _SignOnAgain(Exception):

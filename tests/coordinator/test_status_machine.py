@@ -191,13 +191,15 @@ def test_scheduler_respects_dependencies(store):
     assert assign(store) == tasks[2]
 
 
-def test_scheduler_prefers_job_priority_then_age_then_order(store):
+def test_scheduler_prefers_job_priority_then_shares_equal_jobs_round_robin(store):
     low, low_tasks = add_job(store, n_tasks=2, priority=10)
     old, old_tasks = add_job(store, n_tasks=2, priority=60)
     new, new_tasks = add_job(store, n_tasks=2, priority=60)
     high, high_tasks = add_job(store, n_tasks=1, priority=90)
     order = [assign(store) for _ in range(7)]
-    assert order == [*high_tasks, *old_tasks, *new_tasks, *low_tasks]
+    # Equal-priority jobs alternate (the one with fewer running tasks first,
+    # the older one on a tie); lower priority waits for both.
+    assert order == [*high_tasks, old_tasks[0], new_tasks[0], old_tasks[1], new_tasks[1], *low_tasks]
 
 
 def test_scheduler_honours_task_types(store):
