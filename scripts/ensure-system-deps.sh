@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure Debian's blender, ffmpeg and mkvtoolnix (and python3-venv) are installed.
 # mkvtoolnix provides mkvmerge, used by the encode-media job type's remux step.
+# iproute2 (`ip`) lets the test suite build network namespaces for multi-peer tests.
 # As root, install what is missing; otherwise print the exact command to run.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ missing=()
 command -v blender >/dev/null 2>&1 || missing+=(blender)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v mkvmerge >/dev/null 2>&1 || missing+=(mkvtoolnix)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
