@@ -74,10 +74,18 @@ class JobTypePublisher:
             if self.cluster.role == COORDINATOR:
                 await self.coordinator.publish_job_types(self.peer_id, self.name, scripts)
             else:
-                status, reply = await self.transport.call(
+                call = asyncio.ensure_future(self.transport.call(
                     url, "job-types/publish", {"peer_id": self.peer_id, "name": self.name, "scripts": scripts},
                     timeout=10,
-                )
+                ))
+                # Holding the lock on a call to a coordinator that just vanished would
+                # delay the new coordinator's job-type lookups (before_job_types).
+                while not call.done():
+                    await asyncio.wait({call}, timeout=0.2)
+                    if not call.done() and self.cluster.coordinator_url() != url:
+                        call.cancel()
+                        return  # the next sync publishes to the new coordinator
+                status, reply = call.result()
                 if status != 200:
                     message = (reply or {}).get("message", f"HTTP {status}") if isinstance(reply, dict) else f"HTTP {status}"
                     raise APIError(status, message)

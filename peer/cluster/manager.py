@@ -25,9 +25,13 @@ from . import election
 from .election import COORDINATOR, ELECTING, FOLLOWER, Candidate
 from .membership import Membership
 from .replication import LogServer, common_prefix, entries_from_wire, segments_from_wire
-from .transport import PeerTransport, PeerUnreachable
+from .transport import PeerRefused, PeerTransport, PeerUnreachable
 
 log = logging.getLogger(__name__)
+
+
+class LeaderMoved(PeerUnreachable):
+    """This peer stopped following the coordinator a call was waiting on."""
 
 
 @dataclass
@@ -78,6 +82,8 @@ class ClusterManager:
         self._leader_known = asyncio.Event()
         self._following = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeats_in_flight: dict[str, asyncio.Task[None]] = {}
+        self._refused_by: set[str] = set()  # contacts that answered 401 (told once in the log)
         self._decide_lock = asyncio.Lock()
         self._closing = False
         # Entries this peer decided while the farm was split, not merged yet.
@@ -99,9 +105,10 @@ class ClusterManager:
 
     async def stop(self) -> None:
         self._closing = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._heartbeats_in_flight.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             try:
                 await task
             except (asyncio.CancelledError, Exception):
@@ -180,38 +187,65 @@ class ClusterManager:
             await asyncio.sleep(max(0.0, self.settings.heartbeat_s - (time.monotonic() - started)))
 
     async def heartbeat_round(self) -> None:
+        """Send our state to every contact; wait for the answers at most until the next round.
+
+        A peer that went silent (pulled cable, partition) only answers with a
+        timeout; waiting for it would stretch every round to that timeout and
+        delay the election that replaces it. Its call goes on in the
+        background, and no second call to it starts while one is under way.
+        """
         urls = self.membership.urls_to_contact()
         if not urls:
             return
         body = self.state()
         timeout = max(self.settings.lease_s * 0.66, 0.3)
-        results = await asyncio.gather(
-            *(self.transport.call(url, "cluster/heartbeat", body, timeout=timeout) for url in urls),
-            return_exceptions=True,
-        )
-        for url, result in zip(urls, results):
-            if isinstance(result, BaseException):
-                if not isinstance(result, PeerUnreachable):
-                    log.debug("heartbeat to %s failed: %r", url, result)
-                self.membership.failed(url)
+        started = []
+        for url in urls:
+            if url in self._heartbeats_in_flight:
                 continue
-            status, reply = result
-            if status == 200 and isinstance(reply, dict):
-                self.membership.heard(reply)
-            else:
-                if status == 409 and isinstance(reply, dict):
-                    log.warning("peer at %s: %s", url, reply.get("message"))
-                self.membership.failed(url)
+            task = asyncio.create_task(self._heartbeat(url, body, timeout), name=f"heartbeat {url}")
+            self._heartbeats_in_flight[url] = task
+            task.add_done_callback(lambda _t, url=url: self._heartbeats_in_flight.pop(url, None))
+            started.append(task)
+        if started:
+            await asyncio.wait(started, timeout=self.settings.heartbeat_s * 0.8)
+
+    async def _heartbeat(self, url: str, body: dict[str, Any], timeout: float) -> None:
+        try:
+            status, reply = await self.transport.call(url, "cluster/heartbeat", body, timeout=timeout)
+        except PeerUnreachable as exc:
+            if isinstance(exc, PeerRefused) and url not in self._refused_by:
+                # Another farm's peer, or ours with a changed secret: say so once, not every round.
+                log.warning("%s", exc)
+                self._refused_by.add(url)
+            self.membership.failed(url)
+            return
+        except Exception as exc:  # one peer's odd answer must not stop the others
+            log.debug("heartbeat to %s failed: %r", url, exc)
+            self.membership.failed(url)
+            return
+        if status == 200 and isinstance(reply, dict):
+            self._refused_by.discard(url)
+            self.membership.heard(reply)
+        else:
+            if status == 409 and isinstance(reply, dict):
+                log.warning("peer at %s: %s", url, reply.get("message"))
+            self.membership.failed(url)
 
     async def decide(self) -> None:
         async with self._decide_lock:
+            alive = self.membership.alive()
+            if self.role != COORDINATOR:
+                # A coordinator's epoch is the one it was elected for, and it
+                # must stay so while it leads: taking a higher number from a
+                # follower of another coordinator (a partition healing) would
+                # turn the old claim into one that beats the newer coordinator.
+                for m in alive:
+                    self.epoch = max(self.epoch, int(m.state.get("epoch", 0)))
             me = Candidate(
                 peer_id=self.settings.peer_id, role=self.role, epoch=self.epoch, applied=self.applied,
                 priority=self.settings.priority, eligible=self.settings.eligible,
             )
-            alive = self.membership.alive()
-            for m in alive:
-                self.epoch = max(self.epoch, int(m.state.get("epoch", 0)))
             may_claim = time.monotonic() - self.started >= self.settings.startup_grace_s
             decision = election.decide(me, [m.candidate() for m in alive], may_claim=may_claim)
             if decision.action == "lead":
@@ -268,12 +302,34 @@ class ClusterManager:
             leader_url, leader_id = self.leader_url, self.leader_id
             try:
                 await self.pull_once(leader_url, leader_id)
+            except LeaderMoved:
+                continue  # pull from the new coordinator at once
             except PeerUnreachable as exc:
                 log.debug("pull from %s failed: %s", leader_url, exc)
                 await asyncio.sleep(0.2)
             except Exception:
                 log.exception("replicating from %s failed", leader_url)
                 await asyncio.sleep(1.0)
+
+    async def _call_leader(self, leader_url: str, leader_id: str, path: str, body: dict[str, Any],
+                           timeout: float) -> tuple[int, Any]:
+        """A call to the coordinator this peer follows, abandoned as soon as it follows another.
+
+        A coordinator cut off by the network never answers a long-poll; waiting
+        for the timeout would leave this peer without the new coordinator's log,
+        and the new coordinator waiting for an acknowledgement that cannot come.
+        """
+        call = asyncio.ensure_future(self.transport.call(leader_url, path, body, timeout=timeout))
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=0.1)
+                if done:
+                    return call.result()
+                if (self.role, self.leader_id) != (FOLLOWER, leader_id):
+                    raise LeaderMoved(f"stopped waiting for {leader_id}: this peer follows {self.leader_id or 'no one'} now")
+        finally:
+            if not call.done():
+                call.cancel()
 
     async def pull_once(self, leader_url: str, leader_id: str, wait_s: float = 1.0) -> None:
         if self._pending_merge:
@@ -282,8 +338,8 @@ class ClusterManager:
         store = coordinator.store
         after = await coordinator.db.run(store.last_event_index)
         after_term = await coordinator.db.run(store.term_at, after) or NO_TERM
-        status, body = await self.transport.call(
-            leader_url, "cluster/pull",
+        status, body = await self._call_leader(
+            leader_url, leader_id, "cluster/pull",
             {"peer_id": self.settings.peer_id, "after": after, "after_term": list(after_term), "wait_s": wait_s},
             timeout=wait_s + 5,
         )
@@ -321,7 +377,7 @@ class ClusterManager:
             "peer_id": self.settings.peer_id, "name": self.settings.name,
             "entries": [e.to_wire() for e in self._pending_merge],
         }
-        status, reply = await self.transport.call(leader_url, "cluster/merge", payload, timeout=30)
+        status, reply = await self._call_leader(leader_url, leader_id, "cluster/merge", payload, timeout=30)
         if status != 200:
             raise PeerUnreachable(f"coordinator {leader_id} refused the merge ({status}): {reply}")
         log.info("merged %d diverged entries into coordinator %s: %s", len(self._pending_merge), leader_id, reply)

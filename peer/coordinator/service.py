@@ -478,6 +478,8 @@ class Coordinator:
                 worker_id=worker_id, name=name, address=address, platform=platform, software=software,
                 status="awake", supported_task_types=list(profile.supported_task_types), at=at,
             ))
+            if current_task:
+                _keep_running_task(tx, worker_id, name, current_task, at)
             # Whatever this worker held before and no longer runs is lost: requeue it.
             orphans = [
                 r["id"] for r in tx.query(
@@ -776,6 +778,26 @@ class Coordinator:
         if counts.get("active") or counts.get("queued"):
             return "active"
         return "idle"
+
+
+def _keep_running_task(tx: Transaction, worker_id: str, name: str, task_id: str, at: str) -> None:
+    """A worker signs on running a task this coordinator has as queued (it never
+    saw the assignment: a partition, or a follower that lagged). Workers are the
+    truth about what they run, so hand the task to it instead of running it twice."""
+    row = tx.query_one(
+        """SELECT t.status, t.worker_id, t.job_id, j.status AS job_status FROM tasks t
+           JOIN jobs j ON j.id = t.job_id WHERE t.id=?""", (task_id,))
+    if row is None or row["status"] not in ("queued", "soft-failed") or row["job_status"] not in ("queued", "active"):
+        return
+    if tx.query_one("SELECT 1 FROM task_failures WHERE task_id=? AND worker_id=?", (task_id, worker_id)):
+        return
+    if tx.query_one(
+        """SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on
+           WHERE d.task_id=? AND dt.status != 'completed'""", (task_id,)):
+        return
+    tx.emit(ev.TaskAssigned(task_id=task_id, worker_id=worker_id, at=at))
+    tx.task_log(task_id, f"{at} worker {name} ({worker_id}) signed on running this task; it keeps it")
+    status_machine.update_job_after_task_change(tx, row["job_id"], "active", at)
 
 
 def _may_keep_running(tx: Transaction, worker_id: str, task_id: str) -> dict[str, Any]:

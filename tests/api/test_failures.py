@@ -228,3 +228,19 @@ async def test_a_running_worker_stops_a_canceled_task_promptly_through_the_watch
 async def _task_name(farm, task_id: str) -> str:
     _, task = await farm.client.call("GET", f"/api/v3/tasks/{task_id}")
     return task["name"]
+
+
+async def test_a_worker_signing_on_with_a_task_the_coordinator_has_queued_keeps_it(farm):
+    """After a partition or a lagging replica, the worker is the truth about what it runs."""
+    await submit_sleeps(farm, 2)
+    _, jobs = await farm.client.call("GET", "/api/v3/jobs")
+    _, tasks = await farm.client.call("GET", f"/api/v3/jobs/{jobs['jobs'][0]['id']}/tasks")
+    running = tasks["tasks"][1]["id"]
+    status, _ = await _peer_call(farm, "worker/sign-on", {
+        "worker_id": "w", "name": "w", "supported_task_types": ["misc"], "current_task": running})
+    assert status == 200
+    _, task = await farm.client.call("GET", f"/api/v3/tasks/{running}")
+    assert task["status"] == "active" and task["worker"]["id"] == "w"
+    status, reply = await _peer_call(farm, "worker/task-update", {
+        "worker_id": "w", "task_id": running, "task_status": "completed"})
+    assert status == 200, reply
