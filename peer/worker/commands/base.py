@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..warm.pool import WarmBlenderPool
 
 
 @dataclass
@@ -19,6 +22,10 @@ class WorkerSettings:
     # Appended to "not found" errors, e.g. 'set `blender = "/path"` in
     # ~/.config/flamenco-peer/config.toml or pass --blender'.
     config_hint: str = ""
+    # Keeps one Blender running between blender-render tasks (peer/worker/warm).
+    # None: every task starts a Blender of its own, as Flamenco's worker does.
+    # Whoever sets it closes it (`await pool.close()`) when the worker leaves.
+    blender_pool: WarmBlenderPool | None = field(default=None, compare=False, repr=False)
 
 
 class CommandContext(Protocol):

@@ -1,22 +1,34 @@
 """`blender-render`: run Blender, count rendered frames, report saved files.
 
 CLI: exe + shlex.split(exeArgs) + argsBefore + [blendfile, if not ""] + args.
+
+When the worker keeps a warm Blender (`WorkerSettings.blender_pool`) and the
+task's arguments are ones its render server replays exactly, the task runs
+there instead of in a new Blender; its output is parsed the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..blender_output import BlenderOutputParser, FrameSaved, StepCounter
+from ..process import ProcessResult
+from ..warm.args import RunCold, plan_warm_render
 from . import executables, params
 from .base import CommandContext, CommandError, WorkerSettings
-from .runner import run_program
+from .runner import ErrorLineTracker, abnormal_exit_message, run_program
 
 NAME = "blender-render"
+LineCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class _WarmRun:
+    error_line: str | None  # the last error-looking output line
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,12 @@ class BlenderRender:
                 if steps.feed(event):
                     ctx.step()
 
-        outcome = await run_program(NAME, self.cli(), ctx, program="Blender", on_line=on_line)
+        warm = await self._run_warm(ctx, on_line)
+        if warm is None:
+            outcome = await run_program(NAME, self.cli(), ctx, program="Blender", on_line=on_line)
+            error_line = outcome.error_line
+        else:
+            error_line = warm.error_line
 
         if steps.saved == 0:
             # Success is the exit code, not stdout (Blender 5.x logs differently
@@ -56,12 +73,43 @@ class BlenderRender:
                 "(no 'Saved:' lines); if this task should produce frames, check the "
                 "output path and file format in the job settings"
             )
-            if outcome.error_line:
+            if error_line:
                 warning += (
-                    f". Blender also printed: {outcome.error_line!r}; Python errors do not "
+                    f". Blender also printed: {error_line!r}; Python errors do not "
                     "change Blender's exit code unless it runs with --python-exit-code"
                 )
             await ctx.log(warning)
+
+    async def _run_warm(self, ctx: CommandContext, on_line: LineCallback) -> _WarmRun | None:
+        """Run in the worker's warm Blender if it can run this task exactly.
+
+        None: the task still has to run, in a Blender of its own.
+        """
+        pool = ctx.settings.blender_pool
+        if pool is None:
+            return None
+        plan = plan_warm_render(self.exe, self.exe_args, self.args_before, self.blendfile, self.args)
+        errors = ErrorLineTracker()
+
+        def handle_line(line: str) -> None:
+            errors(line)
+            on_line(line)
+
+        result = plan if isinstance(plan, RunCold) else await pool.render(plan, ctx, handle_line)
+        if isinstance(result, RunCold):
+            await ctx.log(f"{NAME}: starting a Blender for this task only: {result.reason}")
+            return None
+        if result.returncode != 0 or result.crashed:
+            message = abnormal_exit_message(
+                NAME, "Blender", ProcessResult(result.pid, result.returncode, result.tail), errors.last
+            )
+            if result.crashed:
+                message += (
+                    "\nThe warm Blender process stopped during this task; the task can be retried, "
+                    "and the next task starts a new Blender."
+                )
+            raise CommandError(message)
+        return _WarmRun(errors.last)
 
     def _check_blendfile(self) -> None:
         if not self.blendfile:
