@@ -17,14 +17,20 @@ test: setup
 benchmark: setup
 	$(PY) -m benchmarks efficiency
 
+# The Blender extension zip (add-on + peer + wheels for Linux/Windows/macOS, Python 3.11 and 3.13)
+# in dist/. See docs/addon.md.
+addon: $(STAMP)
+	$(PY) scripts/build_addon.py
+
 setup: system-deps $(STAMP)
 
 system-deps:
 	@scripts/ensure-system-deps.sh
 
+# addon-test brings bpy 5.0.1 (Blender as a Python module, ~375 MB download) for tests/addon.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,addon-test]'
 	@touch $(STAMP)
 
 clean:
