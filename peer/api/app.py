@@ -14,8 +14,10 @@ import aiohttp
 from aiohttp import web
 
 from ..cluster.election import COORDINATOR
+from ..cluster.identity import FarmIdentity
 from ..cluster.manager import ClusterManager
 from ..coordinator.service import APIError, Coordinator
+from ..web import server as dashboard
 from . import client_api, cluster_api, peer_protocol
 
 log = logging.getLogger(__name__)
@@ -117,10 +119,13 @@ def build_app(
     forward_session: aiohttp.ClientSession | None = None,
     auth: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]] | None = None,
     extra_routes: list[web.RouteDef] | None = None,
+    identity: FarmIdentity | None = None,
 ) -> web.Application:
     """The peer's HTTP surface. Without ``cluster`` the coordinator serves
-    everything itself (tests and single-process tools)."""
-    middlewares: list[Any] = [m for m in (auth,) if m is not None]
+    everything itself (tests and single-process tools). ``identity`` lets
+    browsers on other computers log in to the dashboard with the join code."""
+    # The dashboard's gate goes first: strangers must reach its login form.
+    middlewares: list[Any] = [dashboard.gate, *(m for m in (auth,) if m is not None)]
     middlewares.append(errors_middleware)
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
     app[client_api.PEER_NAME_KEY] = name
@@ -136,4 +141,5 @@ def build_app(
         app.add_routes(cluster_api.routes)
     if extra_routes:
         app.add_routes(extra_routes)
+    dashboard.install(app, name=name, coordinator=coordinator, cluster=cluster, identity=identity)
     return app
