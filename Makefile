@@ -12,6 +12,7 @@ demo: setup
 	$(PY) -m peer demo
 
 test: setup
+	@scripts/ensure-system-deps.sh --test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 benchmark: setup

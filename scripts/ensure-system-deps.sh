@@ -11,6 +11,10 @@ command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v mkvmerge >/dev/null 2>&1 || missing+=(mkvtoolnix)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# --test: what only the test suite needs (the dashboard's browser tests drive Chromium).
+if [ "${1:-}" = "--test" ]; then
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
