@@ -97,10 +97,10 @@ async def task_update(request: web.Request) -> web.Response:
     )
     coordinator = request.app[COORDINATOR_KEY]
     worker_id = _str(body, "worker_id")
-    result = await coordinator.task_update(worker_id, _str(body, "task_id"), update)
-    if body.get("claim_next") and update.task_status in ("completed", "failed"):
-        # Saves the worker a round trip between tasks: report and claim in one.
-        result["next_task"] = await coordinator.claim_task(worker_id, 0.0)
+    # A final report may also claim the next task, in the same transaction:
+    # saves the worker a round trip and the coordinator a commit between tasks.
+    claim_next = bool(body.get("claim_next")) and update.task_status in ("completed", "failed")
+    result = await coordinator.task_update(worker_id, _str(body, "task_id"), update, claim_next=claim_next)
     return pack_response(result)
 
 

@@ -28,15 +28,24 @@ class WorkerProfile:
     tags: tuple[str, ...] = ()
 
 
-_PICK_SQL = """
-SELECT t.id
-FROM tasks t JOIN jobs j ON j.id = t.job_id
+# Two steps, because one query over every queued task of every job is slow
+# for big jobs (it reads and sorts them all): first the runnable jobs with how
+# many tasks each runs now, then per job the first eligible task, through the
+# tasks_pick index, stopping at the first hit.
+_RUNNABLE_JOBS_SQL = """
+SELECT j.id, j.priority, j.seq, COALESCE(running.n, 0) AS running
+FROM jobs j
 LEFT JOIN (SELECT job_id, COUNT(*) AS n FROM tasks WHERE status = 'active' GROUP BY job_id) running
-       ON running.job_id = t.job_id
-WHERE t.status IN ('queued', 'soft-failed')
-  AND j.status IN ('queued', 'active')
-  AND t.type IN ({types})
+       ON running.job_id = j.id
+WHERE j.status IN ('queued', 'active')
   AND (j.worker_tag = '' OR j.worker_tag IN ({tags}))
+"""
+
+_FIRST_TASK_SQL = """
+SELECT t.id, t.priority, t.index_in_job
+FROM tasks t
+WHERE t.job_id = :job AND t.status = :status
+  AND t.type IN ({types})
   AND NOT EXISTS (
       SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on
       WHERE d.task_id = t.id AND dt.status != 'completed')
@@ -44,7 +53,7 @@ WHERE t.status IN ('queued', 'soft-failed')
       SELECT 1 FROM task_failures f WHERE f.task_id = t.id AND f.worker_id = :worker)
   AND NOT EXISTS (
       SELECT 1 FROM job_blocks b WHERE b.job_id = t.job_id AND b.worker_id = :worker AND b.task_type = t.type)
-ORDER BY j.priority DESC, COALESCE(running.n, 0) ASC, t.priority DESC, j.seq ASC, t.index_in_job ASC
+ORDER BY t.priority DESC, t.index_in_job ASC
 LIMIT 1
 """
 
@@ -68,8 +77,18 @@ def pick_task(tx: Transaction, worker: WorkerProfile) -> str | None:
     params.update({f"tag{i}": t for i, t in enumerate(worker.tags)})
     types = ",".join(f":type{i}" for i in range(len(worker.supported_task_types)))
     tags = ",".join(f":tag{i}" for i in range(len(worker.tags))) or "NULL"
-    row = tx.query_one(_PICK_SQL.format(types=types, tags=tags), params)
-    return row["id"] if row else None
+    first_task = _FIRST_TASK_SQL.format(types=types)
+    best: tuple[tuple[int, int, int, int, int], str] | None = None
+    for job in tx.query(_RUNNABLE_JOBS_SQL.format(tags=tags), params):
+        for status in ("queued", "soft-failed"):
+            row = tx.query_one(first_task, {**params, "job": job["id"], "status": status})
+            if row is None:
+                continue
+            # The documented order: job priority, fewest running, task priority, age, position.
+            key = (-job["priority"], job["running"], -row["priority"], job["seq"], row["index_in_job"])
+            if best is None or key < best[0]:
+                best = (key, row["id"])
+    return best[1] if best else None
 
 
 def assign_next_task(tx: Transaction, worker: WorkerProfile, at: str) -> str | None:

@@ -196,12 +196,15 @@ class Coordinator:
 
     # --- plumbing ---------------------------------------------------------
 
-    async def _write(self, fn: Callable[[Transaction], T]) -> T:
-        """Run ``fn`` in one transaction on the DB thread, as the current leader."""
-        result, _ = await self._write_indexed(fn)
+    async def _write(self, fn: Callable[[Transaction], T], *, durable: bool = True) -> T:
+        """Run ``fn`` in one transaction on the DB thread, as the current leader.
+
+        ``durable=False`` for the worker protocol's frequent writes (see
+        ``JobStore.transaction``)."""
+        result, _ = await self._write_indexed(fn, durable=durable)
         return result
 
-    async def _write_indexed(self, fn: Callable[[Transaction], T]) -> tuple[T, int]:
+    async def _write_indexed(self, fn: Callable[[Transaction], T], *, durable: bool = True) -> tuple[T, int]:
         """``_write`` that also returns the log index of the last event written (0: none)."""
         term = self.term
         if term is None:
@@ -212,7 +215,8 @@ class Coordinator:
             # thread must not let an old leader's decision in.
             if self.term != term:
                 raise NotCoordinator()
-            with status_machine.policy_in_effect(self.failure_policy), self.store.transaction(term) as tx:
+            with status_machine.policy_in_effect(self.failure_policy), \
+                    self.store.transaction(term, durable=durable) as tx:
                 result = fn(tx)
             return result, tx
 
@@ -321,7 +325,7 @@ class Coordinator:
             "priority": compiled.priority, "status": status, "activity": "",
             "settings": compiled.settings, "metadata": compiled.metadata,
             "submitter_platform": job["submitter_platform"], "worker_tag": job["worker_tag"],
-            "shaman_checkout_id": job["shaman_checkout_id"], "created": at,
+            "shaman_checkout_id": job["shaman_checkout_id"], "files": job["files"], "created": at,
         }
         tasks = [
             {
@@ -535,7 +539,7 @@ class Coordinator:
                     return current
                 return scheduler.assign_next_task(tx, presence.profile, at)
 
-            task_id = await self._write(claim)
+            task_id = await self._write(claim, durable=False)
             if task_id is not None:
                 self._task_progress.setdefault(task_id, time.monotonic())
                 return await self._read(lambda tx: _assigned_task(tx, task_id))
@@ -552,13 +556,24 @@ class Coordinator:
                     except TimeoutError:
                         pass
 
-    async def task_update(self, worker_id: str, task_id: str, update: TaskUpdate) -> dict[str, Any]:
-        """Apply a worker's report. Returns ``{"may_keep_running": bool, "reason": str}``."""
-        self._presence(worker_id)  # refuses unknown workers, records that this one is alive
+    async def task_update(
+        self, worker_id: str, task_id: str, update: TaskUpdate, *, claim_next: bool = False,
+    ) -> dict[str, Any]:
+        """Apply a worker's report. Returns ``{"may_keep_running": bool, "reason": str}``.
+
+        With ``claim_next``, a final report also assigns the worker its next task
+        in the same transaction (``next_task``): one commit instead of two."""
+        presence = self._presence(worker_id)  # refuses unknown workers, records that this one is alive
         if update.task_status is not None and update.task_status not in WORKER_SETTABLE_TASK_STATUSES:
             raise APIError(400, f"a worker may set a task to {', '.join(WORKER_SETTABLE_TASK_STATUSES)}, not {update.task_status!r}")
         at = status_machine.now()
         eligible = self._eligible_workers_for(task_id, exclude=worker_id)
+
+        def next_task(tx: Transaction) -> dict[str, Any]:
+            if not claim_next or self._closing:
+                return {}
+            assigned = scheduler.assign_next_task(tx, presence.profile, at)
+            return {"next_task": _assigned_task(tx, assigned) if assigned else None}
 
         def apply(tx: Transaction) -> dict[str, Any]:
             result: dict[str, Any] = {}
@@ -584,17 +599,19 @@ class Coordinator:
             result["progressed"] = steps_changed or bool(update.log)
             if update.task_status == "completed":
                 status_machine.set_tasks_status(tx, [task_id], "completed", update.activity or "Completed", at)
-                return {**result, "may_keep_running": False, "reason": "task completed", "code": 200}
+                return {**result, **next_task(tx), "may_keep_running": False, "reason": "task completed", "code": 200}
             if update.task_status == "failed":
                 status_machine.task_failed_by_worker(tx, task_id, worker_id, update.activity or "failed", eligible, at)
-                return {**result, "may_keep_running": False, "reason": "task failed", "code": 200}
+                return {**result, **next_task(tx), "may_keep_running": False, "reason": "task failed", "code": 200}
             return {**result, "may_keep_running": True, "reason": "", "code": 200}
 
-        result = await self._write(apply)
+        result = await self._write(apply, durable=False)
         if result.pop("progressed", False) or update.task_status == "active":
             self._task_progress[task_id] = time.monotonic()
         if update.task_status in ("completed", "failed"):
             self._task_progress.pop(task_id, None)
+        if result.get("next_task"):
+            self._task_progress.setdefault(result["next_task"]["uuid"], time.monotonic())
         code = result.pop("code")
         if code in (404, 409):
             raise APIError(code, result["reason"], **result)
@@ -862,6 +879,9 @@ def _parse_submitted_job(body: Any) -> dict[str, Any]:
     tag = body.get("worker_tag") or ""
     if not isinstance(tag, str):
         problems.append("'worker_tag' must be a string")
+    files = body.get(JOB_FILES_KEY) or None
+    if files is not None:
+        problems.extend(_job_files_problems(files))
     if problems:
         raise APIError(400, "invalid job submission: " + "; ".join(problems))
     return {
@@ -869,7 +889,27 @@ def _parse_submitted_job(body: Any) -> dict[str, Any]:
         "metadata": dict(metadata), "submitter_platform": body["submitter_platform"],
         "type_etag": etag, "worker_tag": tag,
         "shaman_checkout_id": str(storage.get("shaman_checkout_id") or ""), "initial_status": initial,
+        "files": files,
     }
+
+
+# Our extension of Flamenco's SubmittedJob: the job's files live on the peer the
+# job was submitted to (it adds this when it packs the .blend; see peer/files).
+JOB_FILES_KEY = "x_peer_files"
+
+
+def _job_files_problems(files: Any) -> list[str]:
+    if not isinstance(files, dict):
+        return [f"'{JOB_FILES_KEY}' must be an object"]
+    problems = []
+    for key in ("owner_peer_id", "blend_path"):
+        if not isinstance(files.get(key), str) or not files.get(key):
+            problems.append(f"'{JOB_FILES_KEY}.{key}' must be a non-empty string")
+    if not isinstance(files.get("output_root", ""), str):
+        problems.append(f"'{JOB_FILES_KEY}.output_root' must be a string")
+    if not isinstance(files.get("manifest"), dict):
+        problems.append(f"'{JOB_FILES_KEY}.manifest' must be an object (a file manifest)")
+    return problems
 
 
 def _job_dict(tx: Transaction, job_id: str) -> dict[str, Any] | None:
@@ -951,9 +991,10 @@ def _task_dict(tx: Transaction, task_id: str) -> dict[str, Any] | None:
 
 def _assigned_task(tx: Transaction, task_id: str) -> dict[str, Any]:
     r = tx.query_one(
-        """SELECT t.*, j.priority AS job_priority, j.type AS job_type, j.name AS job_name FROM tasks t
-           JOIN jobs j ON j.id = t.job_id WHERE t.id=?""", (task_id,))
+        """SELECT t.*, j.priority AS job_priority, j.type AS job_type, j.name AS job_name, j.files AS job_files
+           FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id=?""", (task_id,))
     return {
+        "job_files": json.loads(r["job_files"]) if r["job_files"] else None,
         "uuid": r["id"], "job": r["job_id"], "name": r["name"], "status": r["status"],
         "priority": r["priority"], "job_priority": r["job_priority"], "job_type": r["job_type"],
         "task_type": r["type"], "commands": json.loads(r["commands"]),

@@ -121,15 +121,15 @@ def set_tasks_status(tx: Transaction, task_ids: list[str], status: str, activity
 
 def update_job_after_task_change(tx: Transaction, job_id: str, task_status: str, at: str) -> None:
     job_status = _job_status(tx, job_id)
-    counts = _task_counts(tx, job_id)
-    total = sum(counts.values())
-
     if task_status in ("active", "soft-failed"):
         # Flamenco also flips a pause-requested job back to active here; we
         # keep the pause request so the user's "pause" is not silently lost.
         if job_status == "queued":
             _emit_job_status(tx, job_id, "active", "", at)
         return
+
+    counts = _task_counts(tx, job_id)  # after the cheap case: this runs once per finished task
+    total = sum(counts.values())
 
     if task_status == "completed":
         if counts.get("completed", 0) == total:

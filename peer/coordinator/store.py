@@ -96,6 +96,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitter_platform  TEXT NOT NULL,
     worker_tag          TEXT NOT NULL DEFAULT '',
     shaman_checkout_id  TEXT NOT NULL DEFAULT '',
+    -- JSON: the job's files on its submitting peer (see peer/files); '' when none travel
+    files               TEXT NOT NULL DEFAULT '',
     created             TEXT NOT NULL,
     updated             TEXT NOT NULL
 );
@@ -119,6 +121,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status);
 CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks(job_id, index_in_job);
 CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks(worker_id);
+-- The scheduler's per-job lookup of the next runnable task (scheduler.pick_task).
+CREATE INDEX IF NOT EXISTS tasks_pick ON tasks(job_id, status, priority DESC, index_in_job);
 CREATE TABLE IF NOT EXISTS task_dependencies (
     task_id     TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
     depends_on  TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
@@ -239,6 +243,8 @@ class JobStore:
                 f"{self.path} was written by a newer Flamenco Peer (schema {row[0]}, "
                 f"this one understands {SCHEMA_VERSION}); upgrade flamenco-peer or use another --data-dir"
             )
+        if "files" not in {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}:
+            conn.execute("ALTER TABLE jobs ADD COLUMN files TEXT NOT NULL DEFAULT ''")
         columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
         if "epoch" not in columns:  # schema 1: events had no term yet
             conn.execute("ALTER TABLE events ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
@@ -260,10 +266,25 @@ class JobStore:
         return self._conn
 
     @contextmanager
-    def transaction(self, term: Term = NO_TERM) -> Iterator[Transaction]:
+    def transaction(self, term: Term = NO_TERM, *, durable: bool = True) -> Iterator[Transaction]:
         """One atomic change. Task-log lines are written to their files after
-        COMMIT: the event log is the truth, the files are its readable copy."""
+        COMMIT: the event log is the truth, the files are its readable copy.
+
+        ``durable=False`` skips the fsync at COMMIT (SQLite ``synchronous=NORMAL``
+        in WAL mode): still atomic and safe against a crash of the process, but
+        a power cut may lose it. The coordinator uses it for the worker
+        protocol's high-rate writes, which a worker repeats or a task rerun
+        recovers; submissions and people's actions stay fully durable."""
         conn = self.conn
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield from self._transaction(conn, term)
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous=FULL")
+
+    def _transaction(self, conn: sqlite3.Connection, term: Term) -> Iterator[Transaction]:
         conn.execute("BEGIN IMMEDIATE")
         tx = Transaction(conn, term)
         try:
@@ -423,12 +444,13 @@ def _apply_job_submitted(conn: sqlite3.Connection, e: ev.JobSubmitted) -> None:
     j = e.job
     conn.execute(
         """INSERT INTO jobs (id, name, type, type_etag, priority, status, activity, settings, metadata,
-                             submitter_platform, worker_tag, shaman_checkout_id, created, updated)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                             submitter_platform, worker_tag, shaman_checkout_id, files, created, updated)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             j["id"], j["name"], j["type"], j.get("type_etag", ""), j["priority"], j["status"],
             j.get("activity", ""), json.dumps(j["settings"]), json.dumps(j["metadata"]),
             j["submitter_platform"], j.get("worker_tag", ""), j.get("shaman_checkout_id", ""),
+            json.dumps(j["files"]) if j.get("files") else "",
             j["created"], j["created"],
         ),
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 class TaskLogs:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._made: set[Path] = set()  # folders known to exist: one mkdir per job, not per line
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / f"job-{job_id[:4]}" / job_id
@@ -22,7 +23,9 @@ class TaskLogs:
         return self.job_dir(job_id) / f"task-{task_id}.txt"
 
     def append(self, path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
         with open(path, "a", encoding="utf-8", errors="replace") as f:
             f.write(text)
 
@@ -39,4 +42,5 @@ class TaskLogs:
         return path.stat().st_size if path.exists() else 0
 
     def delete_job(self, job_id: str) -> None:
+        self._made.discard(self.job_dir(job_id))
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
