@@ -5,6 +5,9 @@
                                                    -> {have: [[sha, size], ...], load, max_uploads}
     GET  /peer/v1/files/outputs/{job_id}?path&size&sha256          -> {offset, complete}
     PUT  /peer/v1/files/outputs/{job_id}?path&size&sha256&offset   body: bytes from offset
+    GET  /peer/v1/files/outputs/{job_id}/list      -> {files: [[path, size], ...]} (the owner's outputs so far)
+    GET  /peer/v1/files/outputs/{job_id}/file?path a finished output's bytes (for tasks that read
+                                                   earlier tasks' outputs, e.g. frames-to-video)
     POST /peer/v1/files/last-rendered/{job_id}     body: a JPEG thumbnail (coordinator)
 
 Other computers reach these only with a farm signature (the peer's auth
@@ -26,7 +29,8 @@ from typing import Any, Awaitable, Callable
 import msgpack
 from aiohttp import web
 
-from .outputs import MAX_CHUNK, OutputReceiver, OutputRefused, OutputRootResolver
+from .names import UnsafePath, safe_join
+from .outputs import INCOMING, MAX_CHUNK, OutputReceiver, OutputRefused, OutputRootResolver, check_job_id
 from .store import BadBlobRef, BlobRef, ContentStore
 from .thumbnails import MAX_THUMBNAIL_BYTES, LastRenderedStore
 
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/peer/v1/files"
 MSGPACK = "application/msgpack"
 MAX_HAVE_BLOBS = 100_000
+MAX_LISTED_OUTPUTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,50 @@ async def output_put(request: web.Request) -> web.Response:
     return _pack(answer)
 
 
+async def _owned_root(request: web.Request) -> Path | web.Response:
+    server = _server(request)
+    if server.receiver is None:
+        return _error(404, "this peer does not keep outputs")
+    try:
+        return await server.receiver._root(check_job_id(request.match_info["job_id"]))
+    except OutputRefused as exc:
+        return _error(exc.status, exc.message)
+
+
+def _list_outputs(root: Path) -> list[list[object]]:
+    found: list[list[object]] = []
+    if not root.is_dir():
+        return found
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] == INCOMING or not path.is_file() or path.is_symlink():
+            continue
+        found.append([rel.as_posix(), path.stat().st_size])
+        if len(found) >= MAX_LISTED_OUTPUTS:
+            break
+    return found
+
+
+async def output_list(request: web.Request) -> web.Response:
+    root = await _owned_root(request)
+    if isinstance(root, web.Response):
+        return root
+    return _pack({"files": await asyncio.to_thread(_list_outputs, root)})
+
+
+async def output_file(request: web.Request) -> web.StreamResponse:
+    root = await _owned_root(request)
+    if isinstance(root, web.Response):
+        return root
+    try:
+        path = safe_join(root, request.query.get("path"))
+    except UnsafePath as exc:
+        return _error(400, f"output path refused: {exc}")
+    if not path.is_file() or path.is_symlink():
+        return _error(404, f"no output {request.query.get('path')!r} for this job (yet)")
+    return web.FileResponse(path)
+
+
 async def post_last_rendered(request: web.Request) -> web.Response:
     server = _server(request)
     if server.last_rendered is None:
@@ -213,5 +262,7 @@ def add_routes(
     app.router.add_post(PREFIX + "/have", have)
     app.router.add_get(PREFIX + "/outputs/{job_id}", output_status)
     app.router.add_put(PREFIX + "/outputs/{job_id}", output_put)
+    app.router.add_get(PREFIX + "/outputs/{job_id}/list", output_list)
+    app.router.add_get(PREFIX + "/outputs/{job_id}/file", output_file)
     app.router.add_post(PREFIX + "/last-rendered/{job_id}", post_last_rendered)
     return server

@@ -1,0 +1,238 @@
+"""A job's files in and its outputs out: the glue between jobs and the file layer.
+
+Submission (on the artist's own peer, ``attach_job_files``): when a submitted
+job names a ``blendfile`` that exists on this computer and is not on shared
+storage, the .blend and its dependencies are packed into this peer's store,
+and the job carries ``x_peer_files``: the manifest, this peer's id (the
+*owner*), the .blend's path here, and the output root (where the artist wants
+the results).
+
+On a worker of another peer (``WorkerJobFiles``), before a task of such a job:
+
+1. the blobs the worker lacks are fetched from the owner or any peer that has
+   them, and the job's checkout folder is built from the store;
+2. command parameters are rewritten: the owner's .blend path becomes the
+   checkout's, and paths under the owner's output root point into this
+   worker's staging folder for the job;
+3. a task that reads earlier outputs (``frames-to-video``) first gets the
+   owner's outputs so far.
+
+After the task, files it produced in the staging folder are queued for the
+owner (``OutputShipper``), which writes them under the output root the artist
+chose; a thumbnail of the last image goes to the coordinator. If the owner is
+offline the outputs wait on disk and are delivered when it returns.
+
+On the owner itself nothing is rewritten or shipped: its paths are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, Iterable
+
+import aiohttp
+
+from .checkout import build_checkout
+from .manifest import Manifest
+from .names import safe_join
+from .outputs import OutputShipper
+from .packing import PackError, pack
+from .store import ContentStore
+from .thumbnails import make_thumbnail, post_last_rendered
+from .transfer import Fetcher
+
+log = logging.getLogger(__name__)
+
+JOB_FILES_KEY = "x_peer_files"  # the same key the coordinator accepts in a SubmittedJob
+# Commands whose input is what earlier tasks of the job rendered.
+COMMANDS_READING_OUTPUTS = frozenset({"frames-to-video"})
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def output_root_of(settings: dict[str, Any]) -> str:
+    """Where a job's results go, from the settings Flamenco's job types use."""
+    root = settings.get("render_output_root")
+    if isinstance(root, str) and root:
+        return root
+    path = settings.get("render_output_path")
+    if isinstance(path, str) and path:
+        return str(PurePath(path).parent)
+    return ""
+
+
+class SubmissionError(Exception):
+    """The job's files cannot be packed; the message says which and why."""
+
+
+async def attach_job_files(
+    body: Any, *, store: ContentStore, peer_id: str, shared_roots: Iterable[str] = (),
+) -> Any:
+    """Pack the job's .blend here and describe it in the submission (see the module doc)."""
+    if not isinstance(body, dict) or body.get(JOB_FILES_KEY):
+        return body
+    settings = body.get("settings")
+    blend = settings.get("blendfile") if isinstance(settings, dict) else None
+    if not isinstance(blend, str) or not blend or "{" in blend:
+        return body  # no file, or a path in Flamenco variable form: shared storage
+    path = Path(blend)
+    if not path.is_absolute() or not path.is_file():
+        return body  # not on this computer: the job type or the workers will say so
+    try:
+        result = await asyncio.to_thread(pack, path, store, shared_roots=list(shared_roots))
+    except PackError as exc:
+        raise SubmissionError(str(exc)) from None
+    if result.manifest is None:
+        return body  # on shared storage: every worker sees it where it is
+    if result.missing:
+        log.warning("job %r: %d referenced files are missing and will be missing on the farm too: %s",
+                    body.get("name"), len(result.missing), ", ".join(str(p) for p in result.missing[:5]))
+    store.pin(f"submitted:{result.manifest.id}", result.manifest.refs())
+    return {**body, JOB_FILES_KEY: {
+        "manifest": result.manifest.to_dict(), "owner_peer_id": peer_id, "blend_path": str(path),
+        "output_root": output_root_of(settings),
+    }}
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    manifest: Manifest
+    owner_peer_id: str
+    blend_path: str
+    output_root: str
+
+    @classmethod
+    def from_task(cls, task: dict[str, Any]) -> JobFiles | None:
+        data = task.get("job_files")
+        if not isinstance(data, dict):
+            return None
+        return cls(Manifest.from_dict(data["manifest"]), str(data["owner_peer_id"]), str(data["blend_path"]),
+                   str(data.get("output_root") or ""))
+
+
+def rewrite_paths(value: Any, replacements: list[tuple[str, str]]) -> Any:
+    """Replace path prefixes in every string of a command's parameters (lists and maps too)."""
+    if isinstance(value, str):
+        for old, new in replacements:
+            if value == old or value.startswith(old.rstrip("/\\") + "/") or value.startswith(old.rstrip("/\\") + "\\"):
+                return new + value[len(old.rstrip("/\\")):] if value != old else new
+        return value
+    if isinstance(value, list):
+        return [rewrite_paths(v, replacements) for v in value]
+    if isinstance(value, dict):
+        return {k: rewrite_paths(v, replacements) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class PreparedTask:
+    commands: list[dict[str, Any]]
+    staging: Path | None  # where this worker's outputs of the job go; None: nothing to ship
+    started: float
+
+
+class WorkerJobFiles:
+    def __init__(
+        self, *, store: ContentStore, session: aiohttp.ClientSession, data_dir: Path, peer_id: str,
+        shipper: OutputShipper, peer_url: Callable[[str], str | None], peer_urls: Callable[[], list[str]],
+        coordinator_url: Callable[[], str | None], ffmpeg: str = "ffmpeg",
+    ) -> None:
+        self.store = store
+        self.session = session
+        self.data_dir = data_dir
+        self.peer_id = peer_id
+        self.shipper = shipper
+        self.peer_url = peer_url
+        self.peer_urls = peer_urls
+        self.coordinator_url = coordinator_url
+        self.ffmpeg = ffmpeg
+
+    def _staging(self, job_id: str) -> Path:
+        return self.data_dir / "job-outputs" / job_id
+
+    async def before_task(self, task: dict[str, Any]) -> PreparedTask:
+        commands = task["commands"]
+        files = JobFiles.from_task(task)
+        if files is None or files.owner_peer_id == self.peer_id:
+            return PreparedTask(commands, None, time.time())
+        job_id = task["job"]
+        owner_url = self.peer_url(files.owner_peer_id)
+        sources = [u for u in [owner_url, *self.peer_urls()] if u]
+        await Fetcher(self.store, self.session, sources, owner=owner_url).fetch(files.manifest.refs())
+        checkout = await asyncio.to_thread(build_checkout, files.manifest, self.store,
+                                           self.data_dir / "checkouts" / job_id)
+        self.store.pin(f"job:{job_id}", files.manifest.refs())
+        staging = self._staging(job_id)
+        staging.mkdir(parents=True, exist_ok=True)
+        replacements = [(files.blend_path, str(checkout.blend))]
+        if files.output_root:
+            replacements.append((files.output_root, str(staging)))
+        rewritten = [{**c, "parameters": rewrite_paths(c.get("parameters") or {}, replacements)} for c in commands]
+        if any(c.get("name") in COMMANDS_READING_OUTPUTS for c in commands) and owner_url:
+            await self._fetch_outputs(owner_url, job_id, staging)
+        return PreparedTask(rewritten, staging if files.output_root else None, time.time())
+
+    async def _fetch_outputs(self, owner_url: str, job_id: str, staging: Path) -> None:
+        """Bring the owner's outputs so far (other workers' frames) into the staging folder."""
+        base = f"{owner_url.rstrip('/')}/peer/v1/files/outputs/{job_id}"
+        import msgpack
+
+        async with self.session.get(f"{base}/list", timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            if resp.status != 200:
+                log.warning("cannot list the outputs of job %s at its owner (HTTP %s)", job_id, resp.status)
+                return
+            listing = msgpack.unpackb(await resp.read(), raw=False).get("files", [])
+        for rel, size in listing:
+            target = safe_join(staging, rel)
+            if target.is_file() and target.stat().st_size == size:
+                continue
+            async with self.session.get(f"{base}/file", params={"path": rel},
+                                        timeout=aiohttp.ClientTimeout(total=300)) as resp:
+                if resp.status != 200:
+                    continue
+                data = await resp.read()
+            await asyncio.to_thread(_write_atomically, target, data)
+
+    async def after_task(self, task: dict[str, Any], prepared: PreparedTask) -> int:
+        """Queue what the task produced for the owner; send a thumbnail of its last image."""
+        if prepared.staging is None:
+            return 0
+        files = JobFiles.from_task(task)
+        assert files is not None
+        produced = await asyncio.to_thread(_files_newer_than, prepared.staging, prepared.started)
+        for path in produced:
+            rel = path.relative_to(prepared.staging).as_posix()
+            # Copy, not move: a later task on this worker (a preview video) may read it.
+            await self.shipper.enqueue(files.owner_peer_id, task["job"], rel, path, move=False)
+        images = [p for p in produced if p.suffix.lower() in _IMAGE_SUFFIXES]
+        coordinator = self.coordinator_url()
+        if images and coordinator:
+            try:
+                jpeg = await make_thumbnail(images[-1], ffmpeg=self.ffmpeg)
+                await post_last_rendered(self.session, coordinator, task["job"], jpeg)
+            except Exception as exc:  # a missing thumbnail must never fail the task
+                log.info("no thumbnail for job %s: %s", task["job"], exc)
+        return len(produced)
+
+
+def _files_newer_than(folder: Path, since: float) -> list[Path]:
+    found = []
+    for path in sorted(folder.rglob("*")):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime >= since:
+                found.append(path)
+        except OSError:
+            continue
+    return found
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
