@@ -47,9 +47,84 @@
     return JSON.stringify(value === undefined ? null : value, (key, v) => (v === undefined ? null : v));
   }
 
-  // A deep copy, detached from the script's objects.
+  // toGoJSON calls its replacer for every value, which made it most of the
+  // cost of a 10,000-task job.  So plain data (literals, arrays, strings,
+  // finite numbers, booleans, null, undefined) is first copied by hand, with
+  // the same result, and only a copy free of `undefined` meets JSON.stringify.
+  // Anything else (functions, Dates, class instances, toJSON, very deep or
+  // circular data) makes plainCopy give up, and toGoJSON handles the value
+  // as before, errors included.
+  const NOT_PLAIN = Object.freeze({ notPlain: true }); // thrown, never escapes
+  const MAX_PLAIN_DEPTH = 64;
+  // Room for the dependencies of a task waiting for every frame of the
+  // longest range (2 entries each); a longer, maybe sparse, array is left to
+  // JSON's own limits.
+  const MAX_PLAIN_LENGTH = 1 << 22;
+  const objectPrototype = Object.prototype;
+  const isRawJSON = typeof JSON.isRawJSON === "function" ? JSON.isRawJSON : () => false;
+
+  function plainCopy(value, depth) {
+    switch (typeof value) {
+      case "string":
+      case "boolean":
+        return value;
+      case "number":
+        // What JSON makes of it: NaN and infinities become null, -0 becomes 0.
+        return Number.isFinite(value) ? (value === 0 ? 0 : value) : null;
+      case "undefined":
+        return null;
+      case "object":
+        break;
+      default: // function, symbol, bigint
+        throw NOT_PLAIN;
+    }
+    if (value === null) return null;
+    if (depth >= MAX_PLAIN_DEPTH || typeof value.toJSON === "function") throw NOT_PLAIN;
+    if (Array.isArray(value)) {
+      const length = value.length;
+      if (length > MAX_PLAIN_LENGTH) throw NOT_PLAIN;
+      const copy = new Array(length);
+      for (let i = 0; i < length; i++) {
+        const item = value[i];
+        copy[i] = typeof item === "string" ? item : plainCopy(item, depth + 1); // strings: the usual case
+      }
+      return copy;
+    }
+    const proto = Object.getPrototypeOf(value);
+    if ((proto !== objectPrototype && proto !== null) || isRawJSON(value)) throw NOT_PLAIN;
+    const keys = Object.keys(value);
+    const copy = {};
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i];
+      // Assigning "__proto__" would set the copy's prototype, and a script may
+      // have put setters or read-only properties on Object.prototype.
+      if (key in objectPrototype) throw NOT_PLAIN;
+      const item = value[key];
+      copy[key] = typeof item === "string" ? item : plainCopy(item, depth + 1);
+    }
+    return copy;
+  }
+
+  // A deep copy, detached from the script's objects: JSON.parse(toGoJSON(value)).
   function cloneData(value) {
+    try {
+      return plainCopy(value, 0);
+    } catch (err) {
+      if (err !== NOT_PLAIN) throw err;
+    }
     return JSON.parse(toGoJSON(value));
+  }
+
+  // toGoJSON(value), faster for plain data.
+  function snapshotJSON(value) {
+    let copy;
+    try {
+      copy = plainCopy(value, 0);
+    } catch (err) {
+      if (err !== NOT_PLAIN) throw err;
+      return toGoJSON(value);
+    }
+    return JSON.stringify(copy);
   }
 
   // ---- print / alert: collected for the submitter, logged by Python ----
@@ -90,18 +165,42 @@
   // random seed XOR Math.random bytes: independent across compilations even if
   // V8's Math.random were predictable, and checked unique within the context.
   const issuedUUIDs = new Set();
+  const HEX_CODES = Array.from("0123456789abcdef", (c) => c.charCodeAt(0));
+  const DASH = 45; // "-"
+  let seedWords = [0, 0, 0, 0]; // config.uuidSeed as four big-endian 32-bit words
 
+  function setUUIDSeed(bytes) {
+    seedWords = [0, 1, 2, 3].map((w) =>
+      (((bytes[4 * w] || 0) << 24) | ((bytes[4 * w + 1] || 0) << 16) |
+        ((bytes[4 * w + 2] || 0) << 8) | (bytes[4 * w + 3] || 0)) >>> 0);
+  }
+
+  // Four bytes of the seed XOR four random bytes: 32 of Math.random's 52 bits.
+  function randomWord(w) {
+    return ((Math.random() * 4294967296) ^ seedWords[w]) >>> 0;
+  }
+
+  function hexDigit(word, shift) {
+    return HEX_CODES[(word >>> shift) & 15];
+  }
+
+  // One String.fromCharCode call makes the 36 characters at once, which is
+  // twice as fast as joining them: scripts make a UUID for every task.
   function newUUID() {
     for (;;) {
-      const bytes = [];
-      for (let i = 0; i < 16; i++) {
-        bytes.push(((config.uuidSeed[i] || 0) ^ Math.floor(Math.random() * 256)) & 0xff);
-      }
-      bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
-      bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
-      const hex = bytes.map((b) => b.toString(16).padStart(2, "0")).join("");
-      const uuid = hex.slice(0, 8) + "-" + hex.slice(8, 12) + "-" + hex.slice(12, 16) +
-        "-" + hex.slice(16, 20) + "-" + hex.slice(20);
+      const a = randomWord(0);
+      const b = ((randomWord(1) & 0xffff0fff) | 0x4000) >>> 0; // version 4
+      const c = ((randomWord(2) & 0x3fffffff) | 0x80000000) >>> 0; // RFC 4122 variant
+      const d = randomWord(3);
+      const uuid = String.fromCharCode(
+        hexDigit(a, 28), hexDigit(a, 24), hexDigit(a, 20), hexDigit(a, 16),
+        hexDigit(a, 12), hexDigit(a, 8), hexDigit(a, 4), hexDigit(a, 0), DASH,
+        hexDigit(b, 28), hexDigit(b, 24), hexDigit(b, 20), hexDigit(b, 16), DASH,
+        hexDigit(b, 12), hexDigit(b, 8), hexDigit(b, 4), hexDigit(b, 0), DASH,
+        hexDigit(c, 28), hexDigit(c, 24), hexDigit(c, 20), hexDigit(c, 16), DASH,
+        hexDigit(c, 12), hexDigit(c, 8), hexDigit(c, 4), hexDigit(c, 0),
+        hexDigit(d, 28), hexDigit(d, 24), hexDigit(d, 20), hexDigit(d, 16),
+        hexDigit(d, 12), hexDigit(d, 8), hexDigit(d, 4), hexDigit(d, 0));
       if (!issuedUUIDs.has(uuid)) {
         issuedUUIDs.add(uuid);
         return uuid;
@@ -118,13 +217,17 @@
     this.totalStepCount = totalStepCount;
   }
 
-  // A copy of the command's fields.  The parameters object is shared, as
-  // Flamenco shares the Go map: changes to it before job.addTask() count.
-  function copyCommand(cmd, where) {
+  function checkCommand(cmd, where) {
     if (cmd === null || typeof cmd !== "object") {
       throw new Error(where + ": expected a command made by author.Command(name, parameters), got " +
         renderArg(cmd));
     }
+  }
+
+  // A copy of the command's fields.  The parameters object is shared, as
+  // Flamenco shares the Go map: changes to it before job.addTask() count.
+  function copyCommand(cmd, where) {
+    checkCommand(cmd, where);
     return new AuthoredCommand(asGoString(cmd.name), cmd.parameters === undefined ? {} : cmd.parameters,
       asGoInt(cmd.totalStepCount));
   }
@@ -235,6 +338,7 @@
     if (size < 1) throw new Error("invalid chunk size, must be positive number: " + size);
     const frames = explodeFrameRange(text);
     if (frames.length === 0) throw new Error('invalid range "' + text + '": empty range');
+    if (size === 1) return frames.map(String);
     const chunks = [];
     for (let i = 0; i < frames.length; i += size) {
       chunks.push(compactFrames(frames.slice(i, i + size)));
@@ -242,8 +346,21 @@
     return chunks;
   });
 
+  // Job types call frameCount once per chunk, so the shapes frameChunker
+  // makes ("12", "1-10") are counted without building the list of frames.
+  // Up to 15 digits is always a safe integer.
+  const ONE_FRAME = /^[0-9]{1,15}$/;
+  const ONE_RUN = /^([0-9]{1,15})-([0-9]{1,15})$/;
+
   defineGlobal("frameCount", function frameCount(range) {
-    return explodeFrameRange(asGoString(range)).length;
+    const text = asGoString(range);
+    if (ONE_FRAME.test(text)) return 1;
+    const run = ONE_RUN.exec(text);
+    if (run !== null) {
+      const count = Math.max(0, Number(run[2]) - Number(run[1]) + 1);
+      if (count <= MAX_FRAMES) return count;
+    }
+    return explodeFrameRange(text).length;
   });
 
   // ---- timestamps ----
@@ -404,8 +521,62 @@
   global.__timer_manager = undefined;
 
   // ---- the job object and the bridge to Python ----
+
+  // What job.addTask() keeps of a task: a deep snapshot, so commands,
+  // dependencies or parameters changed after the call are not part of the
+  // job.  It is also what crosses to Python, once per task, so it is an array
+  // rather than an object (see _ResultReader in runtime.py):
+  //   [uUID, name, type, priority,
+  //    [[command name, parameters, totalStepCount], ...],
+  //    [dependency uUID, dependency name, ...],
+  //    (only if some are not tasks:) [positions of those dependencies]]
+  // A dependency's identity is its UUID; its name only serves error messages.
+  function taskSnapshot(task) {
+    const snapshot = [task.uUID, task.name, task.type, task.priority];
+    snapshot.push(task.commands.map((cmd) => {
+      checkCommand(cmd, "task.commands"); // the fields of copyCommand(), without the object
+      return [asGoString(cmd.name), cmd.parameters === undefined ? {} : cmd.parameters, asGoInt(cmd.totalStepCount)];
+    }));
+    const dependencies = task.dependencies;
+    const uuidsAndNames = [];
+    const notTasks = [];
+    for (let i = 0; i < dependencies.length; i++) {
+      const dep = dependencies[i];
+      if (dep instanceof AuthoredTask) uuidsAndNames.push(dep.uUID, dep.name);
+      else notTasks.push(i);
+    }
+    snapshot.push(uuidsAndNames);
+    if (notTasks.length > 0) snapshot.push(notTasks);
+    return snapshot;
+  }
+
+  // The object form of a snapshot, for scripts that read job.tasks.
+  function taskFromSnapshot(snapshot) {
+    const uuidsAndNames = snapshot[5];
+    const notTasks = snapshot[6] || [];
+    const dependencies = [];
+    let next = 0;
+    while (next < uuidsAndNames.length || notTasks.includes(dependencies.length)) {
+      if (notTasks.includes(dependencies.length)) {
+        dependencies.push(null);
+      } else {
+        dependencies.push({ uUID: uuidsAndNames[next], name: uuidsAndNames[next + 1] });
+        next += 2;
+      }
+    }
+    return {
+      uUID: snapshot[0],
+      name: snapshot[1],
+      type: snapshot[2],
+      priority: snapshot[3],
+      commands: snapshot[4].map((cmd) =>
+        (cmd === null ? null : { name: cmd[0], parameters: cmd[1], totalStepCount: cmd[2] })),
+      dependencies: dependencies,
+    };
+  }
+
   function makeJob(input) {
-    const taskJSON = []; // one JSON text per added task
+    const taskJSON = []; // one JSON text per added task, see taskSnapshot()
     const job = {
       jobID: input.jobID,
       name: input.name,
@@ -420,7 +591,7 @@
     };
     Object.defineProperty(job, "tasks", {
       // A copy: tasks enter the job through job.addTask() only.
-      get: function () { return taskJSON.map((text) => JSON.parse(text)); },
+      get: function () { return taskJSON.map((text) => taskFromSnapshot(JSON.parse(text))); },
       enumerable: true,
     });
     Object.defineProperty(job, "addTask", {
@@ -429,18 +600,8 @@
           throw new Error("job.addTask(task): expected a task made by author.Task(name, type), got " +
             renderArg(task));
         }
-        // A snapshot, taken as JSON text: commands, dependencies or
-        // parameters changed after this call are not part of the job.
-        taskJSON.push(toGoJSON({
-          uUID: task.uUID,
-          name: task.name,
-          type: task.type,
-          priority: task.priority,
-          commands: task.commands.map((cmd) => copyCommand(cmd, "task.commands")),
-          // Identity is the UUID; the name only serves error messages.
-          dependencies: task.dependencies.map((dep) =>
-            (dep instanceof AuthoredTask ? { uUID: dep.uUID, name: dep.name } : null)),
-        }));
+        // Kept as JSON text: one string instead of a tree of objects per task.
+        taskJSON.push(snapshotJSON(taskSnapshot(task)));
       },
       enumerable: false,
     });
@@ -458,6 +619,7 @@
   const host = Object.freeze({
     configure: function configure(options) {
       Object.assign(config, options);
+      setUUIDSeed(config.uuidSeed);
       return "{}";
     },
     // JSON of a top-level binding of the script, e.g. JOB_TYPE.

@@ -168,6 +168,10 @@ class JsSession:
 
     def eval_host(self, js_call: str) -> Any:
         """Evaluate a host-API call that returns a JSON string; return it decoded."""
+        return json.loads(self.eval_host_text(js_call))
+
+    def eval_host_text(self, js_call: str) -> str:
+        """Evaluate a host-API call that returns a JSON string; return the text."""
         result = self._eval(js_call, is_script=False)
         if not isinstance(result, str):
             raise CompileError(
@@ -176,7 +180,7 @@ class JsSession:
                 "(was a Flamenco Peer built-in overwritten by the script?) — fix the job-type script",
                 script=self.script_file,
             )
-        return json.loads(result)
+        return result
 
     def export_global(self, name: str) -> tuple[bool, Any]:
         """(defined, value) of a global of the script, copied out as JSON."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
-from typing import TYPE_CHECKING, Any
+import threading
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .jsengine import JsSession
 from .model import (
@@ -33,13 +35,14 @@ def compile_job(
     """
     with JsSession(script.file_name, limits, created=request.created) as session:
         session.run_script(script.source)
-        raw = session.eval_host(
+        result = session.eval_host_text(
             "__flamencoPeerHost.compile("
             "typeof compileJob === 'function' ? compileJob : undefined, "
             f"{json.dumps(_job_input(request))})"
         )
         messages = session.messages()
-    return _ResultReader(script.file_name, messages).job(raw)
+    with _gc_pause:
+        return _ResultReader(script.file_name, messages).job(json.loads(result))
 
 
 async def compile_job_async(
@@ -68,11 +71,50 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+class _GcPause:
+    """Holds off Python's cyclic garbage collector while a result is read.
+
+    Reading a big job makes a few hundred thousand containers (json.loads, then
+    the dataclasses), and the collector would scan them again and again as
+    they pile up, although none of them can be garbage yet: with it running,
+    reading 10,000 tasks took about twice as long.  Shared by threads: the
+    collector runs again once the last reader is done, if it ran before.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._reenable = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._readers == 0:
+                self._reenable = gc.isenabled()
+                gc.disable()
+            self._readers += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._readers -= 1
+            if self._readers == 0 and self._reenable:
+                gc.enable()
+
+
+_gc_pause = _GcPause()
+
+
 class _ResultReader:
     """Checks the JSON the host API returned and builds the dataclasses.
 
     Every problem here is a bug in the job-type script (it assigned something
     odd to a task or to the job), so messages say what to fix there.
+
+    Tasks arrive in the compact form of ``taskSnapshot()`` in host_api.js:
+    ``[uUID, name, type, priority, [[name, parameters, totalStepCount], ...],
+    [dependency uUID, dependency name, ...]]``, plus a seventh item listing the
+    positions of dependencies that are not tasks, if there are any.  Jobs can
+    have tens of thousands of tasks, so the common case takes one cheap pass;
+    the detailed checks only run to word an error.
     """
 
     def __init__(self, script_file: str, messages: list[str]) -> None:
@@ -108,8 +150,9 @@ class _ResultReader:
             raise self.fail("invalid-result", f"job.settings must be an object, got {json.dumps(settings)}")
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise self.fail("invalid-result", "job.metadata must map names to strings")
-        tasks = [self.task(i, t) for i, t in enumerate(raw["tasks"], start=1)]
-        self.check_dependencies(tasks, raw["tasks"])
+        raw_tasks = raw["tasks"]
+        tasks = self.tasks(raw_tasks)
+        self.check_dependencies(tasks, raw_tasks)
         return CompiledJob(
             name=name,
             priority=priority,
@@ -119,8 +162,45 @@ class _ResultReader:
             messages=self.messages,
         )
 
-    def task(self, index: int, raw: dict[str, Any]) -> CompiledTask:
-        name, task_type, priority = raw["name"], raw["type"], raw["priority"]
+    def tasks(self, raw_tasks: list[list[Any]]) -> list[CompiledTask]:
+        tasks: list[CompiledTask] = []
+        add = tasks.append
+        for index, raw in enumerate(raw_tasks, start=1):
+            if type(raw) is not list or len(raw) != 6:
+                self.reject_task(index, raw)  # e.g. some dependency is not a task
+            uuid, name, task_type, priority, commands, raw_deps = raw
+            # JSON gives exact types: `type(x) is int` is never a bool.
+            if not (
+                type(name) is str and type(task_type) is str and type(priority) is int
+                and name.strip() and task_type.strip()
+            ):
+                self.reject_task(index, raw)
+            # The decoded lists are reused: the commands one is filled with
+            # CompiledCommands in place, an empty dependencies one is kept.
+            try:
+                for position, (command_name, parameters, steps) in enumerate(commands):
+                    if type(parameters) is not dict:
+                        if parameters is not None:
+                            self.reject_task(index, raw)
+                        parameters = {}
+                    commands[position] = CompiledCommand(command_name, parameters, steps)
+            except (TypeError, ValueError):  # an entry that is not [name, parameters, steps]
+                self.reject_task(index, raw)
+            # A repeated addDependency() means the same as one; keep the first.
+            deps = list(dict.fromkeys(raw_deps[::2])) if raw_deps else raw_deps
+            add(CompiledTask(uuid, name, task_type, priority, commands, deps, index))
+        return tasks
+
+    def reject_task(self, index: int, raw: list[Any]) -> NoReturn:
+        """Raise the error for a task that failed the quick checks, with
+        the checks in the order a user fixing them one by one would meet them."""
+        if not isinstance(raw, list) or len(raw) < 6:
+            raise self.fail(
+                "invalid-result",
+                f"task #{index} did not come out of job.addTask() as a task (got {json.dumps(raw)[:200]}); "
+                "was a JavaScript built-in such as Object.prototype.toJSON or JSON.stringify replaced?",
+            )
+        name, task_type, priority, raw_commands = raw[1:5]
 
         def bad(what: str) -> CompileError:
             return self.fail("invalid-result", f"task #{index} ({json.dumps(name)}): {what}")
@@ -131,52 +211,60 @@ class _ResultReader:
             raise bad("the task type must be a non-empty string")
         if not _is_int(priority):
             raise bad(f"task.priority must be an integer, got {json.dumps(priority)}")
-        commands = []
-        for cmd in raw["commands"]:
-            params = {} if cmd["parameters"] is None else cmd["parameters"]
-            if not isinstance(params, dict):
+        for command in raw_commands:
+            if isinstance(command, CompiledCommand):
+                continue  # checked already
+            if not isinstance(command, list) or len(command) != 3:
+                raise bad("task.commands holds something that is not a command; use task.addCommand(cmd)")
+            if command[1] is not None and not isinstance(command[1], dict):
                 raise bad("command parameters must be an object")
-            commands.append(CompiledCommand(cmd["name"], params, cmd["totalStepCount"]))
-        if any(dep is None for dep in raw["dependencies"]):
-            raise bad("task.dependencies holds something that is not a task; use task.addDependency(otherTask)")
-        # A repeated addDependency() means the same as one; keep the first.
-        deps = list(dict.fromkeys(dep["uUID"] for dep in raw["dependencies"]))
-        return CompiledTask(
-            uuid=raw["uUID"],
-            name=name,
-            type=task_type,
-            priority=priority,
-            commands=commands,
-            dependencies=deps,
-            index_in_job=index,
-        )
+        raise bad("task.dependencies holds something that is not a task; use task.addDependency(otherTask)")
 
-    def check_dependencies(self, tasks: list[CompiledTask], raw_tasks: list[dict[str, Any]]) -> None:
-        by_uuid: dict[str, CompiledTask] = {}
-        for task in tasks:
-            if task.uuid in by_uuid:
-                raise self.fail(
-                    "invalid-result",
-                    f"task {json.dumps(task.name)} was added to the job twice (job.addTask with the same task); "
-                    "create a new author.Task for every task",
-                )
-            by_uuid[task.uuid] = task
-        for task, raw in zip(tasks, raw_tasks):
-            for dep in raw["dependencies"]:
-                if dep["uUID"] not in by_uuid:
+    def check_dependencies(self, tasks: list[CompiledTask], raw_tasks: list[list[Any]]) -> None:
+        position = {task.uuid: i for i, task in enumerate(tasks)}
+        if len(position) != len(tasks):
+            seen: set[Any] = set()
+            for task in tasks:
+                if task.uuid in seen:
                     raise self.fail(
-                        "unknown-dependency",
-                        "a task depends on a task that is not part of this job: "
-                        f"task {json.dumps(task.name)} depends on {json.dumps(dep['name'])}, "
-                        "which was never passed to job.addTask()",
+                        "invalid-result",
+                        f"task {json.dumps(task.name)} was added to the job twice (job.addTask with the same task); "
+                        "create a new author.Task for every task",
                     )
-        cycle = _find_cycle(tasks, by_uuid)
+                seen.add(task.uuid)
+        # Tasks that only depend on tasks added before them cannot form a
+        # cycle; that is the usual order, and it is checked on the way.
+        maybe_cyclic = False
+        for i, task in enumerate(tasks):
+            for dep_uuid in task.dependencies:
+                dep_position = position.get(dep_uuid)
+                if dep_position is None:
+                    self.reject_unknown_dependency(task, raw_tasks[i][5], position)
+                elif dep_position >= i:
+                    maybe_cyclic = True
+        if not maybe_cyclic:
+            return
+        cycle = _find_cycle(tasks, {task.uuid: task for task in tasks})
         if cycle:
             path = " → ".join(json.dumps(t.name) for t in cycle)
             raise self.fail(
                 "invalid-result",
                 f"tasks depend on each other in a circle ({path}), so none of them could ever start",
             )
+
+    def reject_unknown_dependency(
+        self, task: CompiledTask, uuids_and_names: list[Any], known: dict[Any, int]
+    ) -> NoReturn:
+        """Raise the error for the first dependency of ``task`` that is not in the job."""
+        for dep_uuid, dep_name in zip(uuids_and_names[::2], uuids_and_names[1::2]):
+            if dep_uuid not in known:
+                raise self.fail(
+                    "unknown-dependency",
+                    "a task depends on a task that is not part of this job: "
+                    f"task {json.dumps(task.name)} depends on {json.dumps(dep_name)}, "
+                    "which was never passed to job.addTask()",
+                )
+        raise AssertionError("reject_unknown_dependency() called without an unknown dependency")
 
 
 def _find_cycle(tasks: list[CompiledTask], by_uuid: dict[str, CompiledTask]) -> list[CompiledTask]:
