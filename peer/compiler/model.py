@@ -45,7 +45,7 @@ class CompileRequest:
     created: datetime = field(default_factory=lambda: datetime.now().astimezone())
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a big job makes 10,000s of these, and frozen init is 4x slower
 class CompiledCommand:
     name: str
     parameters: dict[str, Any]
@@ -60,7 +60,7 @@ class CompiledCommand:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CompiledTask:
     uuid: str
     name: str
