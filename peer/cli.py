@@ -59,6 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.enable_exec = True
     if args.worker_timeout is not None:
         config.worker_timeout_s = args.worker_timeout
+    if args.worker_mode is not None:
+        config.worker_mode = args.worker_mode
     join = args.join
     if args.join_code:
         from .cluster import identity as farm_identity
@@ -132,17 +134,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"Farm coordinator: none right now — {me.get('waiting_reason') or 'electing'}")
     rows = []
+    why: list[str] = []
     for peer in [dict(me, alive=True, last_heard_s=0.0), *status["peers"]]:
         worker = peer.get("worker") or {}
         doing = "-"
         if worker:
-            doing = f"task {worker['current_task'][:8]}" if worker.get("current_task") else "idle"
+            # Older peers send no "state": only the task, or nothing.
+            doing = (f"task {worker['current_task'][:8]}" if worker.get("current_task")
+                     else "idle" if worker.get("state", "idle: no task") == "idle: no task" else worker["state"])
+            if worker.get("state") and peer.get("alive"):
+                line = f"  {peer.get('name', '')}: {worker['state']}"
+                if worker.get("reason") and worker["reason"] not in worker["state"]:
+                    line += f" ({worker['reason']})"
+                if worker.get("buffered_updates"):
+                    line += f"; {worker['buffered_updates']} task updates wait for delivery"
+                why.append(line)
+                if worker.get("availability"):
+                    why.append(f"      {worker['availability']}")
         state = peer.get("role", "") if peer.get("alive") else f"gone ({peer.get('last_heard_s', 0):.0f} s)"
         rows.append([
             peer.get("name", ""), peer.get("peer_id", "")[:8], state, str(peer.get("epoch", "")),
             str(peer.get("applied", "")), doing, peer.get("url", ""),
         ])
     print(_table(rows, ["PEER", "ID", "ROLE", "EPOCH", "LOG", "WORKING ON", "URL"]))
+    if why:
+        print("\nWorkers, and why they work or not:")
+        print("\n".join(why))
     if workers:
         print()
         print(_table([[w["name"], w["status"], (w.get("task") or {}).get("name", "-")] for w in workers],
@@ -519,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--enable-exec", action="store_true", help="allow the `exec` command (runs any program a job names)")
     run.add_argument("--worker-timeout", type=float, metavar="SECONDS",
                      help="requeue a worker's tasks when it is silent this long (default 60)")
+    run.add_argument("--worker-mode", choices=["always", "when-idle", "never"],
+                     help="when this computer takes tasks: always (default), when-idle (only while nobody uses "
+                          "keyboard and mouse; see idle_threshold_s in the config) or never")
     run.set_defaults(func=cmd_run)
 
     submit = client_parser("submit", "submit a job")

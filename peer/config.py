@@ -48,6 +48,16 @@ class PeerConfig:
         default_factory=lambda: ["blender", "ffmpeg", "file-management", "misc"]
     )
     worker_tags: list[str] = field(default_factory=list)  # a tagged job only goes to workers with its tag
+    # When this computer takes tasks (peer/worker/idle, peer/worker/schedule.py)
+    worker_mode: str = "always"  # "always", "when-idle" (only while the user is away) or "never"
+    idle_threshold_s: float = 300.0  # when-idle: the user counts as away after this long without input
+    idle_source: str = "auto"  # auto, x11, windows, macos, cpu or file:PATH (env FLAMENCO_PEER_IDLE_FILE wins)
+    finish_task_when_user_returns: bool = False  # when-idle: let the running task finish instead of requeueing it
+    sleep_days: str = ""  # sleep schedule: days like "mo tu we th fr" (empty: every day) ...
+    sleep_start: str = ""  # ... from this local time ("HH:MM") ...
+    sleep_end: str = ""  # ... to this one, the worker takes no tasks
+    on_shutdown: str = "requeue"  # on SIGTERM: "requeue" the running task at once, or "finish" it first
+    shutdown_grace_s: float = 60.0  # on_shutdown = "finish": longest wait for the task before requeueing it
     # Farm membership
     seeds: list[str] = field(default_factory=list)  # "host:port" of peers to contact when mDNS cannot
     mdns: bool = True  # find peers on the LAN by multicast DNS

@@ -29,7 +29,9 @@ from .config import PeerConfig, config_path
 from .coordinator.service import Coordinator
 from .coordinator.status_machine import FailurePolicy
 from .worker.commands.base import WorkerSettings
-from .worker.loop import Worker, WorkerIdentity
+from .worker.idle import policy_from_settings
+from .worker.loop import Worker, WorkerIdentity, WorkerOptions
+from .worker.upstream import buffer_path
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,16 @@ class PeerNode:
         self._write_runtime_file()
 
         if self.options.worker:
+            try:
+                availability = policy_from_settings(
+                    worker_mode=cfg.worker_mode, idle_threshold_s=cfg.idle_threshold_s, idle_source=cfg.idle_source,
+                    sleep_days=cfg.sleep_days, sleep_start=cfg.sleep_start, sleep_end=cfg.sleep_end)
+                worker_options = WorkerOptions.from_settings(
+                    on_shutdown=cfg.on_shutdown, shutdown_grace_s=cfg.shutdown_grace_s,
+                    finish_task_when_user_returns=cfg.finish_task_when_user_returns)
+            except ValueError as exc:
+                await self.stop()
+                raise SystemExit(f"flamenco-peer: {exc} (in {config_path(data_dir)})") from None
             self.worker = Worker(
                 self.cluster.coordinator_url,
                 WorkerIdentity(cfg.peer_id, cfg.name, list(cfg.task_types), address=cfg.host,
@@ -154,6 +166,7 @@ class PeerNode:
                 ),
                 variables={"blender": cfg.blender, "blenderArgs": cfg.blender_args},
                 session_factory=self._session_factory,
+                upstream_path=buffer_path(data_dir), availability=availability, options=worker_options,
             )
             self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
 
@@ -189,7 +202,8 @@ class PeerNode:
     def _worker_state(self) -> dict[str, Any] | None:
         if self.worker is None:
             return None
-        return {"enabled": True, "current_task": self.worker.current_task, "tasks_done": self.worker.tasks_done}
+        # state, reason (why it is not working), current_task, tasks_done, mode, buffered_updates, ...
+        return {"enabled": True, **self.worker.state()}
 
     def _role_changed(self) -> None:
         if self._ready:  # before that, start() writes it when everything runs
@@ -229,6 +243,15 @@ class PeerNode:
 
     async def stop(self) -> None:
         if self._worker_task is not None:
+            if self.worker is not None:
+                # SIGTERM: finish or requeue the task, deliver the buffer, sign
+                # off, while the HTTP server and the cluster still run.
+                await self.worker.shutdown()
+                opts = self.worker.options
+                limit = (opts.shutdown_grace_s if opts.on_shutdown == "finish" else 0.0) + opts.delivery_grace_s + 5.0
+                done, _ = await asyncio.wait([self._worker_task], timeout=limit)
+                if not done:
+                    log.warning("the worker did not stop within %.0f s; stopping it now", limit)
             self._worker_task.cancel()
             try:
                 await self._worker_task

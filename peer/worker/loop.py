@@ -5,6 +5,22 @@ milliseconds. While a task runs it sends one update at most every
 ``report_interval_s`` (progress, buffered log lines, a heartbeat), and the
 reply says whether it may keep running; if not (job canceled, task taken
 away), the running command is cancelled, which kills its process.
+
+Around that loop:
+
+- **Updates go through the upstream buffer** (``upstream.py``): when no
+  coordinator answers, the worker keeps rendering and its updates wait on
+  disk, to be delivered in order, exactly once, when one answers again, also
+  after a restart of the worker.
+- **Availability** (``idle/policy.py``): the worker mode, the user's idle time
+  and the sleep schedule say whether it may take work. When that turns to no
+  while a task runs, the task is stopped and handed back (the worker signs
+  off, and the coordinator requeues what it held), unless
+  ``finish_task_when_user_returns``.
+- **Shutdown** (``shutdown``): finish or requeue the task, deliver the buffer,
+  sign off.
+
+``state()`` tells in a word and a sentence what the worker does and why.
 """
 
 from __future__ import annotations
@@ -13,8 +29,10 @@ import asyncio
 import logging
 import platform
 import random
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 import msgpack
@@ -22,10 +40,20 @@ import msgpack
 from .. import __version__
 from .commands import CommandError, run_command
 from .commands.base import WorkerSettings
+from .idle.policy import ON_SHUTDOWN, AvailabilityPolicy
+from .upstream import Delivered, Update, Upstream, UpstreamBuffer, UpstreamError
 from .variables import expand_parameters
 
 log = logging.getLogger(__name__)
 MSGPACK = "application/msgpack"
+
+# What ``state()["state"]`` says, besides the availability states of idle/policy.py.
+WORKING = "working"
+WAITING = "idle: no task"
+UNREACHABLE = "coordinator unreachable"
+DELIVERING = "delivering buffered updates"
+STOPPING = "stopping"
+STOPPED = "stopped"
 
 
 @dataclass
@@ -35,6 +63,34 @@ class WorkerIdentity:
     supported_task_types: list[str]
     address: str = ""
     tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkerOptions:
+    """How the worker behaves when its user comes back and when it is stopped."""
+
+    # SIGTERM: "requeue" stops the task at once and hands it back; "finish"
+    # lets it run up to ``shutdown_grace_s`` more, then hands it back.
+    on_shutdown: str = "requeue"
+    shutdown_grace_s: float = 60.0
+    finish_task_when_user_returns: bool = False
+    # At shutdown: how long to try delivering buffered updates (what is left
+    # stays on disk for the next start).
+    delivery_grace_s: float = 5.0
+    # One task update may take this long before it counts as lost (and is buffered).
+    update_timeout_s: float = 10.0
+
+    @classmethod
+    def from_settings(cls, *, on_shutdown: str, shutdown_grace_s: float,
+                      finish_task_when_user_returns: bool) -> "WorkerOptions":
+        """From the config settings; ValueError names the setting and the fix."""
+        if on_shutdown not in ON_SHUTDOWN:
+            raise ValueError(f"on_shutdown = {on_shutdown!r} is not a choice; use "
+                             + " or ".join(f'"{c}"' for c in ON_SHUTDOWN))
+        if shutdown_grace_s < 0:
+            raise ValueError(f"shutdown_grace_s = {shutdown_grace_s} must be zero or more seconds")
+        return cls(on_shutdown=on_shutdown, shutdown_grace_s=float(shutdown_grace_s),
+                   finish_task_when_user_returns=finish_task_when_user_returns)
 
 
 class CoordinatorGone(Exception):
@@ -62,6 +118,19 @@ class ProtocolClient:
     @property
     def base_url(self) -> str:
         return self.locate() or "(no coordinator yet)"
+
+    def has_moved(self) -> bool:
+        base = self.locate()
+        return base is not None and self.signed_on_url is not None and base != self.signed_on_url
+
+    async def moved(self, poll_s: float = 0.2) -> None:
+        """Returns once the farm's coordinator is another than the one we signed on at.
+
+        A long-poll to a coordinator cut off by a partition would otherwise
+        hang until its timeout: the old one never answers nor closes it.
+        """
+        while not self.has_moved():
+            await asyncio.sleep(poll_s)
 
     async def call(self, path: str, body: dict[str, Any], *, timeout: float = 30.0) -> tuple[int, Any]:
         base = self.locate()
@@ -95,8 +164,25 @@ class TaskRun:
     _log: list[str] = field(default_factory=list)
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     outputs: list[str] = field(default_factory=list)
-    # Set by whoever stops the task on the coordinator's word (watch, reports).
+    # Set by whoever stops the task on the coordinator's word (watch, reports),
+    # or by the worker itself (user back, shutdown).
     stop_reason: str | None = None
+    # The worker stopped it and hands it back to the coordinator (sign-off requeues it).
+    requeue: bool = False
+    # (steps, activity) of the last update sent: an update with the same is a heartbeat.
+    last_sent: tuple[int, str] | None = None
+    # Sends under way. Stopping the reporter must not cut one short: a
+    # request cut off after the coordinator applied it would be sent again.
+    in_flight: set[asyncio.Future[Any]] = field(default_factory=set)
+
+    async def sending(self, work: Awaitable[Any]) -> Any:
+        """Run ``work`` to its end even if the caller is cancelled meanwhile."""
+        future = asyncio.ensure_future(work)
+        self.in_flight.add(future)
+        future.add_done_callback(self.in_flight.discard)
+        # If the caller was cancelled, nobody else looks at the outcome.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return await asyncio.shield(future)
 
     async def log(self, text: str) -> None:
         self._log.append(text if text.endswith("\n") else text + "\n")
@@ -114,10 +200,6 @@ class TaskRun:
         self._log.clear()
         return text
 
-    def put_back_log(self, text: str) -> None:
-        if text:
-            self._log.insert(0, text)
-
 
 class Worker:
     def __init__(
@@ -130,6 +212,9 @@ class Worker:
         claim_wait_s: float = 10.0,
         report_interval_s: float = 0.5,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        upstream_path: Path | None = None,
+        availability: AvailabilityPolicy | None = None,
+        options: WorkerOptions | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.coordinator_url = coordinator_url
@@ -138,55 +223,222 @@ class Worker:
         self.variables = variables
         self.claim_wait_s = claim_wait_s
         self.report_interval_s = report_interval_s
+        self.upstream_path = upstream_path  # None: updates wait in memory only
+        self.availability = availability or AvailabilityPolicy("always")
+        self.options = options or WorkerOptions()
         self.current_task: str | None = None
         self.tasks_done = 0
+        self.upstream: Upstream | None = None
+        self._state = "starting"
+        self._reason = ""
+        self._signed_on = False
+        self._sign_on_lock = asyncio.Lock()
+        # A task whose buffered updates must still be delivered; named at
+        # sign-on so that the coordinator keeps it assigned to us meanwhile.
+        self._held_task: str | None = None
+        # Tasks this worker no longer runs but whose updates are buffered
+        # without a final status (restart, user back while offline): once
+        # delivered, signing on again without them makes the coordinator requeue them.
+        self._orphans: set[str] = set()
+        self._stopping = asyncio.Event()
+        self._abandon = asyncio.Event()  # stop the running task and hand it back
+        self._abandon_reason = ""
+        self._abandon_timer: asyncio.TimerHandle | None = None
+        self._next_task: dict[str, Any] | None = None
+        self._wake_flusher = asyncio.Event()
+
+    # --- what it is doing -------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What the worker does and why, for ``status`` (small: it travels in every heartbeat)."""
+        source = self.availability.source
+        return {
+            "state": self._state, "reason": self._reason, "current_task": self.current_task,
+            "tasks_done": self.tasks_done, "mode": self.availability.mode,
+            "availability": self.availability.describe(),
+            "idle_source": source.description if (source is not None and self.availability.uses_idle_time) else "",
+            "buffered_updates": self.upstream.pending if self.upstream else 0,
+        }
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        if state != self._state:
+            log.info("worker %s: %s%s", self.identity.name, state, f" ({reason})" if reason else "")
+        self._state, self._reason = state, reason
+
+    # --- life cycle -------------------------------------------------------
 
     async def run(self) -> None:
-        """Work until cancelled. Survives coordinator outages by retrying."""
+        """Work until ``shutdown`` (or cancelled). Survives coordinator outages by retrying."""
         session = self.session_factory() if self.session_factory else aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=4))
+        buffer = await self._open_buffer()
+        self.upstream = Upstream(buffer)
+        await self._note_interrupted_tasks()
+        await self.availability.open()
+        log.info("worker %s: %s", self.identity.name, self.availability.describe())
+        watch = asyncio.create_task(self.availability.watch(), name="worker-availability")
         async with session:
             client = ProtocolClient(self.coordinator_url, session)
-            backoff = 0.2
-            signed_on = False
-            task: dict[str, Any] | None = None
             try:
-                while True:
-                    try:
-                        if not signed_on:
-                            await self._sign_on(client)
-                            signed_on = True
-                            backoff = 0.2
-                        if task is None:
-                            task = await self._claim(client)
-                        if task is None:
-                            continue
-                        task = await self._run_task(client, task)
-                    except CoordinatorGone as exc:
-                        log.warning("coordinator unreachable (%s); retrying in %.1f s", exc, backoff)
-                        signed_on = False
-                        await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                        # Capped low: a new coordinator is usually elected within 2 s.
-                        backoff = min(backoff * 2, 1.0)
-                    except _SignOnAgain:
-                        signed_on = False
+                await self._work(client)
             finally:
-                # Best effort: tell the coordinator now rather than let it time us out.
+                watch.cancel()
+                self._set_state(STOPPING, "delivering buffered updates and signing off")
                 try:
-                    await asyncio.shield(client.call("worker/sign-off", {"worker_id": self.identity.worker_id}, timeout=2))
-                except BaseException:
+                    await asyncio.shield(self._leave(client))
+                except BaseException:  # cancelled again, or anything: the buffer stays on disk
                     pass
+                self._set_state(STOPPED)
+                await buffer.close()
+                self.availability.close()
+
+    async def shutdown(self) -> None:
+        """Stop taking work; requeue or finish the running task (``on_shutdown``).
+
+        Returns at once; ``run()`` then delivers the buffer, signs off and ends.
+        """
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self.options.on_shutdown == "finish":
+            loop = asyncio.get_running_loop()
+            self._abandon_timer = loop.call_later(
+                self.options.shutdown_grace_s, self._abandon_task,
+                f"the worker is shutting down and the task did not finish within {self.options.shutdown_grace_s:g} s")
+            if self.current_task:
+                log.info("worker %s: shutting down after the current task (at most %g s)",
+                         self.identity.name, self.options.shutdown_grace_s)
+        else:
+            self._abandon_task("the worker is shutting down (on_shutdown = requeue)")
+
+    def _abandon_task(self, reason: str) -> None:
+        self._abandon_reason = reason
+        self._abandon.set()
+
+    async def _open_buffer(self) -> UpstreamBuffer:
+        buffer = UpstreamBuffer(self.upstream_path)
+        try:
+            await buffer.open()
+        except UpstreamError as exc:
+            # Work on without it rather than not at all; the log says what to do.
+            log.error("worker: %s; buffering updates in memory for now", exc)
+            await buffer.close()
+            buffer = UpstreamBuffer(None)
+            await buffer.open()
+        if buffer.count:
+            log.info("worker: %d task updates from before the restart wait for delivery", buffer.count)
+        return buffer
+
+    async def _note_interrupted_tasks(self) -> None:
+        """Buffered updates of a task without its final status: the previous run of
+        this worker stopped in the middle of it. Say so in the task's log; the
+        coordinator requeues it once the updates are delivered."""
+        assert self.upstream is not None
+        for task_id, ended in (await self.upstream.buffer.tasks()).items():
+            if not ended:
+                self._orphans.add(task_id)
+                await self.upstream.queue(Update(task_id, {
+                    "log": "The worker restarted before this task finished; the task goes back to the queue.\n"}))
+
+    async def _work(self, client: ProtocolClient) -> None:
+        backoff = 0.2
+        while not self._stopping.is_set():
+            try:
+                await self._cycle(client)
+                backoff = 0.2
+            except CoordinatorGone as exc:
+                self._set_state(UNREACHABLE, str(exc))
+                log.warning("coordinator unreachable (%s); retrying in %.1f s", exc, backoff)
+                self._signed_on = False
+                await self._until_stopping(backoff * random.uniform(0.8, 1.2))
+                # Capped low: a new coordinator is usually elected within 2 s.
+                backoff = min(backoff * 2, 1.0)
+            except _SignOnAgain:
+                self._signed_on = False
+            except Exception:  # e.g. the disk under the buffer is full: keep the worker alive, say why
+                log.exception("worker %s: unexpected error; retrying in 2 s", self.identity.name)
+                self._signed_on = False
+                await self._until_stopping(2.0)
+
+    async def _cycle(self, client: ProtocolClient) -> None:
+        """One step: sign on, deliver what is buffered, then work or wait for permission."""
+        assert self.upstream is not None
+        availability = self.availability.current
+        if not self._signed_on:
+            if not availability.may_work and not self.upstream.pending and self._next_task is None:
+                # Nothing to say to the coordinator: wait, signed off, until we may work.
+                self._set_state(availability.state, availability.reason)
+                await self._first_of(self.availability.wait_for_change(), self._stopping.wait())
+                return
+            await self._sign_on(client)
+        if self.upstream.pending:
+            self._set_state(DELIVERING, f"{self.upstream.pending} buffered task updates")
+            await self._flush(client)
+            return
+        availability = self.availability.current
+        if not availability.may_work:
+            # Hand back whatever we held (a task handed over with the last
+            # report, or claimed just as the user came back): sign-off requeues it.
+            self._next_task = None
+            self._set_state(availability.state, availability.reason)
+            await self._sign_off(client, "asleep", availability.reason)
+            return
+        task, self._next_task = self._next_task, None
+        if task is None:
+            self._set_state(WAITING)
+            task = await self._claim_unless_stopping(client)
+            if task is None:
+                return
+            if not self.availability.current.may_work or self._stopping.is_set():
+                self._next_task = task  # not started: the next cycle hands it back
+                return
+        self._next_task = await self._run_task(client, task)
+
+    async def _first_of(self, *waits: Awaitable[Any], timeout: float | None = None) -> None:
+        tasks = [asyncio.ensure_future(w) for w in waits]
+        try:
+            await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _until_stopping(self, seconds: float) -> None:
+        await self._first_of(self._stopping.wait(), timeout=seconds)
+
+    # --- talking to the coordinator ---------------------------------------
 
     async def _sign_on(self, client: ProtocolClient) -> None:
-        status, body = await client.call("worker/sign-on", {
-            "worker_id": self.identity.worker_id, "name": self.identity.name,
-            "address": self.identity.address, "platform": platform.system().lower(),
-            "software": __version__, "supported_task_types": self.identity.supported_task_types,
-            "current_task": self.current_task, "tags": self.identity.tags,
-        })
-        if status != 200:
-            raise CoordinatorGone(f"sign-on refused ({status}): {body}")
-        log.info("worker %s signed on at %s", self.identity.name, client.signed_on_url)
+        """Sign on (again), naming the task we run or whose updates we still deliver."""
+        async with self._sign_on_lock:
+            current = self.current_task or self._held_task
+            if current is None and self.upstream is not None and self.upstream.pending:
+                # After a restart: keep the task of the buffered updates
+                # assigned to us until they are delivered.
+                current = next(iter(await self.upstream.buffer.tasks()), None)
+                self._held_task = current
+            status, body = await client.call("worker/sign-on", {
+                "worker_id": self.identity.worker_id, "name": self.identity.name,
+                "address": self.identity.address, "platform": platform.system().lower(),
+                "software": __version__, "supported_task_types": self.identity.supported_task_types,
+                "current_task": current, "tags": self.identity.tags,
+            })
+            if status != 200:
+                raise CoordinatorGone(f"sign-on refused ({status}): {body}")
+            self._signed_on = True
+            log.info("worker %s signed on at %s", self.identity.name, client.signed_on_url)
+
+    async def _sign_off(self, client: ProtocolClient, status: str, reason: str) -> None:
+        """Leave the coordinator's list of working workers; it requeues the tasks we held.
+
+        ``status`` and ``reason`` ("asleep" with why, or "offline") are for
+        coordinators that record them.
+        """
+        self._signed_on = False
+        code, body = await client.call(
+            "worker/sign-off", {"worker_id": self.identity.worker_id, "status": status, "reason": reason},
+            timeout=5.0)
+        if code != 200:
+            raise CoordinatorGone(f"sign-off refused ({code}): {body}")
 
     async def _claim(self, client: ProtocolClient) -> dict[str, Any] | None:
         status, body = await client.call(
@@ -199,60 +451,110 @@ class Worker:
             raise _SignOnAgain()
         if status != 200:
             raise CoordinatorGone(f"claim failed ({status}): {body}")
+        if body.get("task") is None:
+            # A coordinator may say why there is nothing for us (e.g. blocklisted).
+            why = body.get("why")
+            self._set_state(WAITING, why if isinstance(why, str) else "")
+            return None
         return body["task"]
 
-    async def _report(self, client: ProtocolClient, run: TaskRun, **fields: Any) -> dict[str, Any]:
-        text = run.take_log()
-        body = {
-            "worker_id": self.identity.worker_id, "task_id": run.task_id,
-            "steps_completed": run.steps_completed, "activity": run.activity, **fields,
-        }
-        if text:
-            body["log"] = text
-        try:
-            status, reply = await client.call("worker/task-update", body)
-        except CoordinatorGone:
-            run.put_back_log(text)
-            raise
-        if status == 403:
-            run.put_back_log(text)
-            raise _SignOnAgain()
-        if status in (404, 409):
-            raise TaskTakenAway((reply or {}).get("message", f"HTTP {status}"))
-        if status != 200:
-            raise CoordinatorGone(f"task update refused ({status}): {reply}")
-        return reply
+    async def _claim_unless_stopping(self, client: ProtocolClient) -> dict[str, Any] | None:
+        """Claim; a shutdown abandons the wait at once.
 
-    async def _report_final(self, client: ProtocolClient, run: TaskRun, **fields: Any) -> dict[str, Any] | None:
-        """The final status must arrive: retry through coordinator outages.
-
-        Returns the next task, claimed in the same request, if one was waiting.
+        A user coming back does not cut the claim short: a task that arrives
+        meanwhile is handed straight back (never started), which is safe,
+        while an abandoned long-poll could assign a task we never learn of.
         """
-        delay = 0.2
-        while True:
+        claim = asyncio.ensure_future(self._claim(client))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        moved = asyncio.ensure_future(client.moved())
+        try:
+            await asyncio.wait([claim, stop, moved], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            moved.cancel()
+            if not claim.done():
+                claim.cancel()
+        if not claim.done() or claim.cancelled():
+            # Stopping (the sign-off hands back whatever the claim got), or
+            # the coordinator moved (the old one requeues what it assigned).
+            await asyncio.gather(claim, return_exceptions=True)
+            if not self._stopping.is_set() and client.has_moved():
+                raise _SignOnAgain()
+            return None
+        return claim.result()
+
+    def _sender(self, client: ProtocolClient, *, claim_next_after: str | None = None
+                ) -> Callable[[Update], Awaitable[tuple[int, Any]]]:
+        """Sends one update; ``claim_next_after``: the final report of this task
+        also claims the next task (saves a round trip between tasks)."""
+        async def send(update: Update) -> tuple[int, Any]:
+            body = update.wire(self.identity.worker_id)
+            if update.seq == 0:  # a heartbeat: changes nothing, needs no idempotency key
+                body.pop("update_stream"), body.pop("update_seq")
+            if update.final and update.task_id == claim_next_after:
+                body["claim_next"] = True
+            status, reply = await client.call("worker/task-update", body, timeout=self.options.update_timeout_s)
+            if status == 403:
+                raise _SignOnAgain()
+            if status >= 500 or status in (408, 429):
+                raise CoordinatorGone(f"task update refused ({status}): {reply}")
+            return status, reply
+
+        return send
+
+    async def _flush(self, client: ProtocolClient) -> list[Delivered]:
+        """Deliver the buffer (called between tasks). Transport errors propagate."""
+        assert self.upstream is not None
+        try:
+            delivered = await self.upstream.flush(self._sender(client))
+        except _SignOnAgain:
+            await self._sign_on(client)
+            raise
+        self._held_task = None
+        log.info("worker %s: delivered %d buffered task updates", self.identity.name, len(delivered))
+        if self._orphans:
+            # Their updates are in; signing on without them makes the coordinator requeue them.
+            self._orphans.clear()
+            await self._sign_on(client)
+        return delivered
+
+    async def _leave(self, client: ProtocolClient) -> None:
+        """At shutdown: deliver the buffer (within ``delivery_grace_s``), then sign off."""
+        assert self.upstream is not None
+        deadline = time.monotonic() + self.options.delivery_grace_s
+        while self.upstream.pending and time.monotonic() < deadline:
             try:
-                reply = await self._report(client, run, claim_next=True, **fields)
-                return reply.get("next_task")
-            except TaskTakenAway as exc:
-                log.info("task %s: final report not needed (%s)", run.task_id, exc)
-                return None
-            except (CoordinatorGone, _SignOnAgain) as exc:
-                log.warning("task %s: could not report result (%s); retrying", run.task_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                if isinstance(exc, _SignOnAgain):
-                    try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    if not self._signed_on:
                         await self._sign_on(client)
-                    except CoordinatorGone:
-                        pass
+                    await self._flush(client)
+            except (CoordinatorGone, _SignOnAgain, TimeoutError):
+                self._signed_on = False
+                await asyncio.sleep(0.2)
+        if self.upstream.pending:
+            log.warning("worker %s: %d task updates could not be delivered; they stay in %s for the next start",
+                        self.identity.name, self.upstream.pending, self.upstream_path or "memory (lost)")
+        try:
+            await self._sign_off(client, "offline", "the worker stopped")
+        except (CoordinatorGone, _SignOnAgain):
+            pass  # the coordinator times us out instead
+
+    # --- one task ---------------------------------------------------------
 
     async def _run_task(self, client: ProtocolClient, task: dict[str, Any]) -> dict[str, Any] | None:
         """Run one task to its end; returns the next task if the coordinator handed one over."""
         run = TaskRun(task_id=task["uuid"], settings=self.settings)
         self.current_task = run.task_id
+        self._set_state(WORKING, f"task {run.task_id}")
+        self.availability.working = True
         commands_task = asyncio.create_task(self._run_commands(run, task["commands"]))
-        reporter = asyncio.create_task(self._report_while_running(client, run, commands_task))
-        watcher = asyncio.create_task(self._watch(client, run, commands_task))
+        helpers = [
+            asyncio.create_task(self._report_while_running(client, run, commands_task)),
+            asyncio.create_task(self._watch(client, run, commands_task)),
+            asyncio.create_task(self._guard(run, commands_task)),
+            asyncio.create_task(self._deliver_while_running(client, run, commands_task)),
+        ]
         try:
             try:
                 await commands_task
@@ -260,35 +562,53 @@ class Worker:
                 if run.stop_reason is None:
                     raise  # the worker itself is being stopped
                 log.info("task %s stopped: %s", run.task_id, run.stop_reason)
+                await self._stop_helpers(helpers, run)
+                if run.requeue:
+                    await self._hand_back(client, run)
                 return None
             except CommandError as exc:
                 run.activity = f"Failed: {exc.message}"
                 await run.log(f"Failed: {exc.message}")
-                await self._stop_reporter(reporter)
+                await self._stop_helpers(helpers, run)
                 return await self._report_final(client, run, task_status="failed")
             except Exception as exc:  # a bug in a command must fail the task, not kill the worker
                 log.exception("task %s: command crashed", run.task_id)
                 run.activity = f"Failed: internal error in the worker: {type(exc).__name__}: {exc}"
                 await run.log(run.activity)
-                await self._stop_reporter(reporter)
+                await self._stop_helpers(helpers, run)
                 return await self._report_final(client, run, task_status="failed")
-            await self._stop_reporter(reporter)
+            await self._stop_helpers(helpers, run)
             run.activity = "Completed"
             self.tasks_done += 1
             return await self._report_final(client, run, task_status="completed")
         finally:
             self.current_task = None
-            for t in (commands_task, reporter, watcher):
+            self.availability.working = False
+            after = self.availability.current
+            if self._stopping.is_set():
+                self._set_state(STOPPING, "delivering buffered updates and signing off")
+            elif not after.may_work:
+                self._set_state(after.state, after.reason)
+            else:
+                self._set_state(WAITING)
+            for t in (commands_task, *helpers):
                 if not t.done():
                     t.cancel()
 
-    async def _stop_reporter(self, reporter: asyncio.Task[Any]) -> None:
-        if not reporter.done():
-            reporter.cancel()
-        try:
-            await reporter
-        except (asyncio.CancelledError, Exception):
-            pass
+    async def _stop_helpers(self, helpers: list[asyncio.Task[Any]], run: TaskRun) -> None:
+        for helper in helpers:
+            if not helper.done():
+                helper.cancel()
+        for helper in helpers:
+            try:
+                await helper
+            except (asyncio.CancelledError, Exception):
+                pass
+        if run.in_flight:
+            # Let a send under way finish, so the final report follows it
+            # directly; one stuck on an unreachable coordinator is left
+            # behind (it holds the send slot, so what follows queues up behind it).
+            await asyncio.wait(list(run.in_flight), timeout=2.0)
 
     async def _run_commands(self, run: TaskRun, commands: list[dict[str, Any]]) -> None:
         for index, command in enumerate(commands, start=1):
@@ -299,6 +619,85 @@ class Worker:
             await run_command(name, params, run)
             if not command.get("total_step_count"):
                 run.step()
+
+    def _progress(self, run: TaskRun, *, first: bool = False) -> Update:
+        fields: dict[str, Any] = {"steps_completed": run.steps_completed, "activity": run.activity}
+        if first:
+            fields["task_status"] = "active"
+        text = run.take_log()
+        if text:
+            fields["log"] = text
+        return Update(run.task_id, fields)
+
+    async def _report(self, client: ProtocolClient, run: TaskRun, *, first: bool = False) -> dict[str, Any] | None:
+        """Send progress (or a heartbeat). Returns the coordinator's reply, or None when it went to the buffer."""
+        assert self.upstream is not None
+        update = self._progress(run, first=first)
+        progress = (run.steps_completed, run.activity)
+        send = self._sender(client)
+        if first or "log" in update.fields or progress != run.last_sent:
+            run.last_sent = progress
+            answer = await self.upstream.submit(update, send)
+        else:
+            answer = await self.upstream.heartbeat(update, send)
+        if answer is None:
+            self._wake_flusher.set()
+            return None
+        status, reply = answer
+        if status in (404, 409):
+            raise TaskTakenAway((reply or {}).get("message", f"HTTP {status}"))
+        if status != 200:
+            log.warning("task %s: update refused (%d): %s", run.task_id, status, reply)
+            return None
+        return reply
+
+    async def _report_final(self, client: ProtocolClient, run: TaskRun, **fields: Any) -> dict[str, Any] | None:
+        """Report the end of the task. Returns the next task, claimed in the same request, if one was waiting.
+
+        If no coordinator answers, the report waits in the buffer and the main
+        loop delivers it before claiming anything else.
+        """
+        assert self.upstream is not None
+        update = self._progress(run)
+        update.fields.update(fields)
+        update.final = True
+        take_more = self.availability.current.may_work and not self._stopping.is_set()
+        try:
+            # Shielded: a cancel must not cut off a report the coordinator may
+            # already have applied (it would be buffered and sent twice).
+            answer = await asyncio.shield(self.upstream.submit(
+                update, self._sender(client, claim_next_after=run.task_id if take_more else None)))
+        except (CoordinatorGone, _SignOnAgain) as exc:
+            log.warning("task %s: could not report result (%s); it waits in the buffer", run.task_id, exc)
+            self._signed_on = self._signed_on and not isinstance(exc, _SignOnAgain)
+            return None
+        if answer is None:
+            return None  # queued behind earlier updates; the main loop delivers it
+        status, reply = answer
+        if status in (404, 409):
+            log.info("task %s: final report not needed (%s)", run.task_id, (reply or {}).get("message"))
+            return None
+        if status != 200 or not isinstance(reply, dict):
+            log.warning("task %s: final report refused (%d): %s", run.task_id, status, reply)
+            return None
+        return reply.get("next_task")
+
+    async def _hand_back(self, client: ProtocolClient, run: TaskRun) -> None:
+        """The worker stopped the task itself (user back, shutdown): say why in its log.
+
+        The sign-off that follows (next cycle, or leaving) makes the
+        coordinator requeue it. If the note had to be buffered, the task is
+        an orphan: once the note is delivered, signing on again without the
+        task requeues it.
+        """
+        assert self.upstream is not None
+        await run.log(f"Stopped on the worker: {run.stop_reason}; the task goes back to the queue")
+        try:
+            answer = await asyncio.shield(self.upstream.submit(self._progress(run), self._sender(client)))
+        except (CoordinatorGone, _SignOnAgain):
+            answer = None
+        if answer is None:
+            self._orphans.add(run.task_id)
 
     async def _report_while_running(
         self, client: ProtocolClient, run: TaskRun, commands_task: asyncio.Task[None]
@@ -317,14 +716,16 @@ class Worker:
                     pass
             run.dirty.clear()
             try:
-                reply = await self._report(client, run, task_status=None if started else "active")
+                reply = await run.sending(self._report(client, run, first=not started))
                 started = True
             except TaskTakenAway as exc:
                 run.stop_reason = str(exc)
                 commands_task.cancel()
                 return str(exc)
             except (CoordinatorGone, _SignOnAgain) as exc:
-                # Keep rendering: the coordinator may come back (or another take over).
+                # Keep rendering: the update is buffered, and the coordinator
+                # may come back (or another take over).
+                started = True
                 log.warning("task %s: progress report failed (%s); still running", run.task_id, exc or type(exc).__name__)
                 await asyncio.sleep(self.report_interval_s)
                 if isinstance(exc, _SignOnAgain):
@@ -332,22 +733,78 @@ class Worker:
                         await self._sign_on(client)
                     except CoordinatorGone:
                         pass
+                self._wake_flusher.set()
                 continue
-            if not reply.get("may_keep_running", True):
+            if reply is not None and not reply.get("may_keep_running", True):
                 run.stop_reason = reply.get("reason", "told to stop")
                 commands_task.cancel()
                 return run.stop_reason
             await asyncio.sleep(self.report_interval_s)
 
+    async def _deliver_while_running(self, client: ProtocolClient, run: TaskRun,
+                                     commands_task: asyncio.Task[None]) -> None:
+        """While the task runs, deliver buffered updates whenever the coordinator answers again."""
+        assert self.upstream is not None
+        delay = self.report_interval_s
+        while not commands_task.done():
+            if self.upstream.pending:
+                try:
+                    delivered = await run.sending(self.upstream.flush(self._sender(client)))
+                    delay = self.report_interval_s
+                    self._held_task = None
+                    for d in delivered:
+                        if d.update.task_id == run.task_id and d.status in (404, 409):
+                            run.stop_reason = str((d.reply or {}).get("message", f"HTTP {d.status}"))
+                            commands_task.cancel()
+                            return
+                except _SignOnAgain:
+                    try:
+                        await self._sign_on(client)
+                    except CoordinatorGone:
+                        pass
+                except CoordinatorGone:
+                    delay = min(delay * 2, 2.0)
+            self._wake_flusher.clear()
+            await self._first_of(self._wake_flusher.wait(), timeout=delay)
+
+    async def _guard(self, run: TaskRun, commands_task: asyncio.Task[None]) -> None:
+        """Stop the task and hand it back when the user returns or the worker shuts down."""
+        while not commands_task.done():
+            reason = ""
+            availability = self.availability.current
+            if self._abandon.is_set():
+                reason = self._abandon_reason
+            elif not availability.may_work and not self.options.finish_task_when_user_returns:
+                reason = availability.reason or availability.state
+            if reason:
+                run.stop_reason = reason
+                run.requeue = True
+                commands_task.cancel()
+                return
+            await self._first_of(self.availability.wait_for_change(), self._abandon.wait())
+
     async def _watch(self, client: ProtocolClient, run: TaskRun, commands_task: asyncio.Task[None]) -> None:
         """Hold a long-poll open while the task runs, so a cancel, pause or
         reassignment stops it within a moment instead of at the next report."""
         while not commands_task.done():
+            call = asyncio.ensure_future(client.call(
+                "worker/watch", {"worker_id": self.identity.worker_id, "task_id": run.task_id, "wait_s": 10.0},
+                timeout=25.0,
+            ))
+            moved = asyncio.ensure_future(client.moved())
             try:
-                status, reply = await client.call(
-                    "worker/watch", {"worker_id": self.identity.worker_id, "task_id": run.task_id, "wait_s": 10.0},
-                    timeout=25.0,
-                )
+                await asyncio.wait([call, moved], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                moved.cancel()
+                if not call.done():
+                    call.cancel()
+            try:
+                status, reply = await call
+            except asyncio.CancelledError:
+                if not call.cancelled():
+                    raise
+                await asyncio.sleep(self.report_interval_s)  # moved: the reporter re-attaches; then watch again
+                continue
             except (CoordinatorGone, _SignOnAgain):
                 await asyncio.sleep(self.report_interval_s)  # the reporter re-attaches; then watch again
                 continue
