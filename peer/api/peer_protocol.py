@@ -89,7 +89,13 @@ async def task_update(request: web.Request) -> web.Response:
     steps = body.get("steps_completed")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise APIError(400, "field 'steps_completed' must be a non-negative integer")
+    stream, seq = body.get("update_stream"), body.get("update_seq")
+    if stream is not None and (not isinstance(stream, str) or not stream):
+        raise APIError(400, "field 'update_stream' must be a non-empty string")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 1):
+        raise APIError(400, "field 'update_seq' must be a positive integer")
     update = TaskUpdate(
+        update_stream=stream, update_seq=seq,
         task_status=body.get("task_status") or None,
         activity=body.get("activity") if isinstance(body.get("activity"), str) else None,
         log=body.get("log") if isinstance(body.get("log"), str) else None,

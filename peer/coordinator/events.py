@@ -149,6 +149,16 @@ class BlocklistEntriesRemoved(Event):
 
 
 @dataclass(frozen=True)
+class WorkerUpdateApplied(Event):
+    """The highest update a worker's stream delivered; later copies are duplicates."""
+
+    kind: ClassVar[str] = "worker-update-applied"
+    worker_id: str
+    stream: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class TaskLogged(Event):
     """Lines for a task's log. Logs travel in the event log so that every
     replica holds them: a line that reached one peer survives its death."""
@@ -195,6 +205,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TaskFailuresCleared,
         WorkerUpdated,
         TaskLogged,
+        WorkerUpdateApplied,
         WorkerBlocklisted,
         BlocklistEntriesRemoved,
         JobTypePublished,

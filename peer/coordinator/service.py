@@ -60,6 +60,9 @@ class TaskUpdate:
     activity: str | None = None
     log: str | None = None
     steps_completed: int | None = None
+    # Idempotency key of a buffered update: (worker run, sequence number).
+    update_stream: str | None = None
+    update_seq: int | None = None
 
 
 class NotCoordinator(APIError):
@@ -584,6 +587,13 @@ class Coordinator:
                 return {"may_keep_running": False, "reason": "Task not found (its job was deleted)", "code": 404}
             if row["worker_id"] != worker_id:
                 return {"may_keep_running": False, "reason": "task not assigned to this worker", "code": 409}
+            if update.update_stream and update.update_seq:
+                mark = tx.query_one("SELECT seq FROM worker_update_marks WHERE worker_id=? AND stream=?",
+                                    (worker_id, update.update_stream))
+                if mark is not None and update.update_seq <= mark["seq"]:
+                    # Delivered before (the reply was lost): do not apply it twice.
+                    return {**_may_keep_running(tx, worker_id, task_id), "duplicate": True, "code": 200}
+                tx.emit(ev.WorkerUpdateApplied(worker_id=worker_id, stream=update.update_stream, seq=update.update_seq))
             if update.log:
                 tx.task_log(task_id, update.log.rstrip("\n"))
             if row["status"] != "active":

@@ -143,6 +143,13 @@ CREATE TABLE IF NOT EXISTS job_blocks (
     at         TEXT NOT NULL,
     PRIMARY KEY (job_id, worker_id, task_type)
 );
+-- Per worker run (stream), the last update applied: a retried update is a duplicate.
+CREATE TABLE IF NOT EXISTS worker_update_marks (
+    worker_id  TEXT NOT NULL,
+    stream     TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    PRIMARY KEY (worker_id, stream)
+);
 -- Local index of task log files (plain text under logs/); not replicated:
 -- each peer indexes the logs it holds.
 CREATE TABLE IF NOT EXISTS task_logs (
@@ -554,6 +561,14 @@ def _apply_blocklist_removed(conn: sqlite3.Connection, e: ev.BlocklistEntriesRem
     )
 
 
+def _apply_update_mark(conn: sqlite3.Connection, e: ev.WorkerUpdateApplied) -> None:
+    conn.execute(
+        """INSERT INTO worker_update_marks (worker_id, stream, seq) VALUES (?, ?, ?)
+           ON CONFLICT(worker_id, stream) DO UPDATE SET seq = MAX(seq, excluded.seq)""",
+        (e.worker_id, e.stream, e.seq),
+    )
+
+
 def _apply_nothing(conn: sqlite3.Connection, e: ev.Event) -> None:
     """Events whose effect lives outside the tables (log files)."""
 
@@ -596,6 +611,7 @@ _APPLY: dict[type, Callable[[sqlite3.Connection, Any], None]] = {
     ev.TaskFailuresCleared: _apply_failures_cleared,
     ev.WorkerUpdated: _apply_worker_updated,
     ev.TaskLogged: _apply_nothing,
+    ev.WorkerUpdateApplied: _apply_update_mark,
     ev.WorkerBlocklisted: _apply_blocklisted,
     ev.BlocklistEntriesRemoved: _apply_blocklist_removed,
     ev.JobTypePublished: _apply_job_type_published,

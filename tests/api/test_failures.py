@@ -244,3 +244,19 @@ async def test_a_worker_signing_on_with_a_task_the_coordinator_has_queued_keeps_
     status, reply = await _peer_call(farm, "worker/task-update", {
         "worker_id": "w", "task_id": running, "task_status": "completed"})
     assert status == 200, reply
+
+
+async def test_a_buffered_update_delivered_twice_is_applied_once(farm):
+    await sign_on(farm, "w")
+    await submit_sleeps(farm, 1)
+    task = await claim(farm, "w")
+    update = {"worker_id": "w", "task_id": task["uuid"], "log": "frame 1 rendered\n",
+              "update_stream": "run-1", "update_seq": 1}
+    for _ in range(2):  # the reply to the first was "lost"; the worker sends it again
+        status, reply = await _peer_call(farm, "worker/task-update", update)
+        assert status == 200, reply
+    assert reply.get("duplicate") is True and reply["may_keep_running"] is True
+    _, text = await farm.client.call("GET", f"/api/v3/tasks/{task['uuid']}/logtail")
+    assert text.count("frame 1 rendered") == 1
+    status, reply = await _peer_call(farm, "worker/task-update", {**update, "update_seq": "x"})
+    assert status == 400 and "update_seq" in reply["message"]
