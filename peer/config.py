@@ -58,6 +58,13 @@ class PeerConfig:
     sleep_end: str = ""  # ... to this one, the worker takes no tasks
     on_shutdown: str = "requeue"  # on SIGTERM: "requeue" the running task at once, or "finish" it first
     shutdown_grace_s: float = 60.0  # on_shutdown = "finish": longest wait for the task before requeueing it
+    # Job files (see docs/files.md)
+    store_cap_gb: float = 20.0  # content store size; unused blobs beyond it are collected
+    shared_storage: list[str] = field(default_factory=list)  # folders every worker sees at the same path
+    # Warm Blender (see docs/warm-blender.md)
+    warm_blender: bool = True  # keep one Blender per worker alive between render tasks
+    warm_blender_idle_s: float = 120.0  # close it after this long without a task
+    warm_blender_max_rss_mb: int = 0  # close it when bigger than this after a task; 0: half the RAM
     # Farm membership
     seeds: list[str] = field(default_factory=list)  # "host:port" of peers to contact when mDNS cannot
     mdns: bool = True  # find peers on the LAN by multicast DNS

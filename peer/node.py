@@ -32,6 +32,13 @@ from .worker.commands.base import WorkerSettings
 from .worker.idle import policy_from_settings
 from .worker.loop import Worker, WorkerIdentity, WorkerOptions
 from .worker.upstream import buffer_path
+from .worker.warm import WarmBlenderPool, WarmOptions
+from .api.app import job_files_packer
+from .files.job_io import WorkerJobFiles, attach_job_files
+from .files.outputs import OutputShipper
+from .files.routes import add_routes as add_file_routes
+from .files.store import ContentStore
+from .web.links import dashboard_links
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,8 @@ class PeerNode:
         self._cache_task: asyncio.Task[None] | None = None
         self._publisher_task: asyncio.Task[None] | None = None
         self.publisher: JobTypePublisher | None = None
+        self.store: ContentStore | None = None
+        self.shipper: OutputShipper | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
@@ -111,10 +120,20 @@ class PeerNode:
             worker_state=self._worker_state, on_role_change=self._role_changed,
         )
 
+        self.store = ContentStore(data_dir / "store", int(cfg.store_cap_gb * 1024 ** 3))
+        store, peer_id, shared = self.store, cfg.peer_id, list(cfg.shared_storage)
+
+        async def prepare_submission(body: Any) -> Any:
+            return await attach_job_files(body, store=store, peer_id=peer_id, shared_roots=shared)
+
         app = build_app(
             name=cfg.name, coordinator=self.coordinator, cluster=self.cluster, forward_session=self._session,
-            auth=auth_middleware(Verifier(self.identity)),
+            auth=auth_middleware(Verifier(self.identity), accept_session_cookie=True), identity=self.identity,
+            packer=job_files_packer(prepare_submission),
         )
+        add_file_routes(app, self.store, resolve_output_root=self._output_root,
+                        job_files_root=self.coordinator.logs.root)
+        self.shipper = OutputShipper(data_dir / "outbox", self._session, resolve_owner=self._peer_url)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True)
@@ -142,6 +161,7 @@ class PeerNode:
         )
         self.coordinator.before_job_types = self.publisher.sync
         self._publisher_task = asyncio.create_task(self.publisher.run(), name="job-type-sharing")
+        self.shipper.start()
         self._ready = True
         self._write_runtime_file()
 
@@ -163,12 +183,42 @@ class PeerNode:
                 WorkerSettings(
                     blender_exe=cfg.blender, ffmpeg_exe=cfg.ffmpeg, enable_exec=cfg.enable_exec,
                     config_hint=f"set blender = \"/path/to/blender\" in {config_path(data_dir)} or pass --blender PATH",
+                    blender_pool=WarmBlenderPool(WarmOptions(
+                        idle_timeout_s=cfg.warm_blender_idle_s, max_rss_mb=cfg.warm_blender_max_rss_mb or None,
+                    )) if cfg.warm_blender else None,
                 ),
                 variables={"blender": cfg.blender, "blenderArgs": cfg.blender_args},
                 session_factory=self._session_factory,
                 upstream_path=buffer_path(data_dir), availability=availability, options=worker_options,
             )
+            self.worker.job_files = WorkerJobFiles(
+                store=self.store, session=self._session, data_dir=data_dir, peer_id=cfg.peer_id,
+                shipper=self.shipper, peer_url=self._peer_url,
+                peer_urls=lambda: [m.url for m in self.cluster.membership.alive() if m.url] if self.cluster else [],
+                coordinator_url=self.cluster.coordinator_url, ffmpeg=cfg.ffmpeg,
+            )
             self._worker_task = asyncio.create_task(self.worker.run(), name="worker")
+
+    def _peer_url(self, peer_id: str) -> str | None:
+        """Where a peer of the farm is reachable now (None: not heard from)."""
+        if peer_id == self.config.peer_id:
+            return self.url
+        if self.cluster is None or not self.cluster.membership.is_alive(peer_id):
+            return None
+        return self.cluster.membership.members[peer_id].url
+
+    async def _output_root(self, job_id: str) -> Path | None:
+        """The folder where outputs of a job submitted here go (None: not ours)."""
+        assert self.coordinator is not None
+        store = self.coordinator.store
+        row = await self.coordinator.db.run(
+            lambda: store.read().query_one("SELECT files FROM jobs WHERE id=?", (job_id,)))
+        if row is None or not row["files"]:
+            return None
+        files = json.loads(row["files"])
+        if files.get("owner_peer_id") != self.config.peer_id or not files.get("output_root"):
+            return None
+        return Path(files["output_root"])
 
     async def _start_discovery(self, interfaces: list[str]) -> None:
         assert self.identity is not None and self.cluster is not None
@@ -222,6 +272,8 @@ class PeerNode:
         os.replace(tmp, path)
 
     async def _cleanup(self) -> None:
+        if self.shipper is not None:
+            await self.shipper.close()
         for task in (self._cache_task, self._publisher_task):
             if task is not None:
                 task.cancel()
@@ -273,6 +325,8 @@ class PeerNode:
         print(f"flamenco-peer: {self.config.name} listening on {self.url} as {' + '.join(what)}"
               f" in farm {self.identity.name!r}{seeds}", flush=True)
         print(f"flamenco-peer: data in {self.options.data_dir}", flush=True)
+        for line in dashboard_links(self.config.host, self._port, self.url).lines():
+            print(f"flamenco-peer: {line}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

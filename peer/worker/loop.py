@@ -217,6 +217,8 @@ class Worker:
         options: WorkerOptions | None = None,
     ) -> None:
         self.session_factory = session_factory
+        # Set by the node: fetches job files from other peers, ships outputs back (peer/files/job_io.py).
+        self.job_files: Any = None
         self.coordinator_url = coordinator_url
         self.identity = identity
         self.settings = settings
@@ -291,6 +293,8 @@ class Worker:
                 self._set_state(STOPPED)
                 await buffer.close()
                 self.availability.close()
+                if self.settings.blender_pool is not None:
+                    await asyncio.shield(self.settings.blender_pool.close())
 
     async def shutdown(self) -> None:
         """Stop taking work; requeue or finish the running task (``on_shutdown``).
@@ -548,7 +552,7 @@ class Worker:
         self.current_task = run.task_id
         self._set_state(WORKING, f"task {run.task_id}")
         self.availability.working = True
-        commands_task = asyncio.create_task(self._run_commands(run, task["commands"]))
+        commands_task = asyncio.create_task(self._prepare_and_run(run, task))
         helpers = [
             asyncio.create_task(self._report_while_running(client, run, commands_task)),
             asyncio.create_task(self._watch(client, run, commands_task)),
@@ -609,6 +613,28 @@ class Worker:
             # directly; one stuck on an unreachable coordinator is left
             # behind (it holds the send slot, so what follows queues up behind it).
             await asyncio.wait(list(run.in_flight), timeout=2.0)
+
+    async def _prepare_and_run(self, run: TaskRun, task: dict[str, Any]) -> None:
+        """Bring the job's files here (when they live on another peer), run the
+        commands, then send what they produced to the job's owner."""
+        if self.job_files is None:
+            await self._run_commands(run, task["commands"])
+            return
+        run.activity = "Fetching the job's files"
+        run.dirty.set()
+        try:
+            prepared = await self.job_files.before_task(task)
+        except Exception as exc:  # FetchError, CheckoutError, OSError: the task cannot run here
+            raise CommandError(f"could not get the job's files onto this worker: {exc}") from None
+        await self._run_commands(run, prepared.commands)
+        try:
+            shipped = await self.job_files.after_task(task, prepared)
+        except Exception as exc:  # the outputs stay in the staging folder; say so, do not fail the render
+            log.warning("task %s: outputs not queued for the job's owner: %s", run.task_id, exc)
+            await run.log(f"Warning: the outputs could not be queued for the job's owner: {exc}")
+        else:
+            if shipped:
+                await run.log(f"{shipped} output file(s) queued for the job's owner")
 
     async def _run_commands(self, run: TaskRun, commands: list[dict[str, Any]]) -> None:
         for index, command in enumerate(commands, start=1):
