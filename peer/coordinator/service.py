@@ -1003,8 +1003,10 @@ def _assigned_task(tx: Transaction, task_id: str) -> dict[str, Any]:
     r = tx.query_one(
         """SELECT t.*, j.priority AS job_priority, j.type AS job_type, j.name AS job_name, j.files AS job_files
            FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id=?""", (task_id,))
+    has_dependencies = tx.query_one("SELECT 1 FROM task_dependencies WHERE task_id=? LIMIT 1", (task_id,)) is not None
     return {
         "job_files": json.loads(r["job_files"]) if r["job_files"] else None,
+        "has_dependencies": has_dependencies,
         "uuid": r["id"], "job": r["job_id"], "name": r["name"], "status": r["status"],
         "priority": r["priority"], "job_priority": r["job_priority"], "job_type": r["job_type"],
         "task_type": r["type"], "commands": json.loads(r["commands"]),

@@ -14,13 +14,15 @@ On a worker of another peer (``WorkerJobFiles``), before a task of such a job:
 2. command parameters are rewritten: the owner's .blend path becomes the
    checkout's, and paths under the owner's output root point into this
    worker's staging folder for the job;
-3. a task that reads earlier outputs (``frames-to-video``) first gets the
-   owner's outputs so far.
+3. a task that depends on other tasks (a merge of tiles, a preview video)
+   first gets the owner's outputs so far.
 
 After the task, files it produced in the staging folder are queued for the
-owner (``OutputShipper``), which writes them under the output root the artist
-chose; a thumbnail of the last image goes to the coordinator. If the owner is
-offline the outputs wait on disk and are delivered when it returns.
+owner (``OutputShipper``) and, when the owner is reachable, delivered before
+the task is reported done (so dependent tasks find them); the owner writes
+them under the output root the artist chose. A thumbnail of the last image
+goes to the coordinator. If the owner is offline the outputs wait on disk and
+are delivered when it returns.
 
 On the owner itself nothing is rewritten or shipped: its paths are real.
 """
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 JOB_FILES_KEY = "x_peer_files"  # the same key the coordinator accepts in a SubmittedJob
 # Commands whose input is what earlier tasks of the job rendered.
 COMMANDS_READING_OUTPUTS = frozenset({"frames-to-video"})
+# How long a finished task waits for its outputs to reach a reachable owner.
+DELIVERY_WAIT_S = 120.0
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
@@ -173,7 +177,11 @@ class WorkerJobFiles:
         if files.output_root:
             replacements.append((files.output_root, str(staging)))
         rewritten = [{**c, "parameters": rewrite_paths(c.get("parameters") or {}, replacements)} for c in commands]
-        if any(c.get("name") in COMMANDS_READING_OUTPUTS for c in commands) and owner_url:
+        # A task that depends on others (a merge, a preview video) reads what they
+        # rendered: bring the owner's outputs so far. Independent tasks (frames,
+        # tiles) skip this, or every frame would download all earlier frames.
+        reads_outputs = task.get("has_dependencies") or any(c.get("name") in COMMANDS_READING_OUTPUTS for c in commands)
+        if reads_outputs and owner_url and files.output_root:
             await self._fetch_outputs(owner_url, job_id, staging)
         return PreparedTask(rewritten, staging if files.output_root else None, time.time())
 
@@ -209,6 +217,15 @@ class WorkerJobFiles:
             rel = path.relative_to(prepared.staging).as_posix()
             # Copy, not move: a later task on this worker (a preview video) may read it.
             await self.shipper.enqueue(files.owner_peer_id, task["job"], rel, path, move=False)
+        if produced and self.peer_url(files.owner_peer_id):
+            # Deliver before the task is reported done, so a task that depends on
+            # this one finds the outputs at the owner. An owner that is away gets
+            # them later; the outbox keeps them.
+            try:
+                async with asyncio.timeout(DELIVERY_WAIT_S):
+                    await self.shipper.deliver_pending()
+            except TimeoutError:
+                log.info("outputs of job %s still on their way to its owner", task["job"])
         images = [p for p in produced if p.suffix.lower() in _IMAGE_SUFFIXES]
         coordinator = self.coordinator_url()
         if images and coordinator:
