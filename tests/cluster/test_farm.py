@@ -21,12 +21,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from peer.clientlib import ClientError, FlamencoClient
 from peer.localfarm import LocalFarm, PeerProcess
+from tests.polling import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,22 +43,6 @@ def echo_sleep(name: str, *, seconds: int = 1, repeats: int = 1, paused: bool = 
         "settings": {"message": name, "sleep_duration_seconds": seconds, "sleep_repeats": repeats},
         "initial_status": "paused" if paused else "queued",
     }
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy; ClientErrors count as "not yet"."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except ClientError as exc:
-            last = exc
-        if last and not isinstance(last, ClientError):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f} s (last: {last!r})")
-        time.sleep(interval)
 
 
 def status_of(peer: PeerProcess) -> dict[str, Any]:

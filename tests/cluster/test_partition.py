@@ -42,7 +42,7 @@ from peer.cluster.identity import FarmIdentity
 from peer.clientlib import ClientError, FlamencoClient, _decode
 
 from tests.netns import NetnsLab, requires_netns
-
+from tests.polling import eventually
 
 PORT = 8780
 REPO = Path(__file__).resolve().parents[2]
@@ -160,21 +160,6 @@ def ns_farm(tmp_path: Path) -> Iterator[NsFarm]:
             lab.close()  # stops every peer (SIGTERM, then SIGKILL) before the logs are read
             for peer in farm.peers:
                 assert "Traceback" not in peer.log(), f"{peer.name} logged a traceback:\n{peer.log()[-6000:]}"
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except ClientError as exc:
-            last = exc
-        if last and not isinstance(last, ClientError):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f} s (last: {last!r})")
-        time.sleep(interval)
 
 
 def agreed_view(clients: list[SignedClient]) -> dict[str, Any] | None:

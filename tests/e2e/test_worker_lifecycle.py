@@ -12,13 +12,14 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 
-from peer.clientlib import ClientError, FlamencoClient
+from peer.clientlib import FlamencoClient
 from peer.localfarm import LocalFarm, PeerProcess
 from peer.worker.idle import IDLE_FILE_ENV
+from tests.polling import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,21 +40,6 @@ function compileJob(job) {
     job.addTask(task);
 }
 """
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except ClientError as exc:
-            last = exc
-        if last and not isinstance(last, ClientError):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
-        time.sleep(interval)
 
 
 def ticks(text: str) -> list[int]:

@@ -39,7 +39,7 @@ from typing import Any
 from . import executables, params
 from . import structured_params as sp
 from .base import CommandContext, CommandError, WorkerSettings
-from .files import makedirs
+from .files import check_output_file, make_output_dir
 from .runner import run_program
 
 NAME = "ffmpeg-encode"
@@ -151,25 +151,10 @@ class FFmpegEncode:
             if os.path.isdir(source):
                 raise CommandError(f'{NAME}: source {index} "{source}" is a directory, not a media file')
         self._check_output()
-        out_dir = os.path.dirname(self.output_file)
-        try:
-            makedirs(out_dir, 0o775)
-        except OSError as ex:
-            raise CommandError(
-                f'{NAME}: cannot create the output directory "{out_dir}": {ex.strerror or ex}; '
-                "choose an output path this worker can write to"
-            ) from ex
+        make_output_dir(NAME, self.output_file)
 
     def _check_output(self) -> None:
-        if os.path.isdir(self.output_file):
-            raise CommandError(
-                f'{NAME}: outputFile "{self.output_file}" is a directory; give the path of the file to write'
-            )
-        if not self.overwrite and os.path.lexists(self.output_file):
-            raise CommandError(
-                f'{NAME}: outputFile "{self.output_file}" already exists; remove it, choose another '
-                'path, or set "overwrite" to true'
-            )
+        check_output_file(NAME, self.output_file, self.overwrite)
 
     def _finish(self, partial: str) -> None:
         # Checked again: the output may have appeared while FFmpeg ran.

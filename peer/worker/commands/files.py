@@ -195,3 +195,26 @@ def prepare_copy_file(raw: Any, settings: WorkerSettings) -> CopyFile:
                 "must be an absolute path, because a relative one depends on where the worker runs",
             )
     return CopyFile(src=src, dest=dest)
+
+
+def check_output_file(command: str, output_file: str, overwrite: bool) -> None:
+    """Refuse an output path that is a folder, or an existing file unless ``overwrite``."""
+    if os.path.isdir(output_file):
+        raise CommandError(f'{command}: outputFile "{output_file}" is a directory; give the path of the file to write')
+    if not overwrite and os.path.lexists(output_file):
+        raise CommandError(
+            f'{command}: outputFile "{output_file}" already exists; remove it, choose another '
+            'path, or set "overwrite" to true'
+        )
+
+
+def make_output_dir(command: str, output_file: str) -> None:
+    """Create the folder of ``output_file``, with a message saying what to do if that fails."""
+    out_dir = os.path.dirname(output_file)
+    try:
+        makedirs(out_dir, 0o775)
+    except OSError as ex:
+        raise CommandError(
+            f'{command}: cannot create the output directory "{out_dir}": {ex.strerror or ex}; '
+            "choose an output path this worker can write to"
+        ) from ex

@@ -40,7 +40,7 @@ from . import executables, params
 from . import structured_params as sp
 from ..process import run_process
 from .base import CommandContext, CommandError, WorkerSettings
-from .files import makedirs
+from .files import check_output_file, make_output_dir
 from .runner import ErrorLineTracker, abnormal_exit_message
 
 NAME = "mkvmerge"
@@ -255,25 +255,10 @@ class MkvMerge:
             if not os.path.isfile(source):
                 raise CommandError(f'{NAME}: source {index} "{source}" is not a regular file')
         self._check_output()
-        out_dir = os.path.dirname(self.output_file)
-        try:
-            makedirs(out_dir, 0o775)
-        except OSError as ex:
-            raise CommandError(
-                f'{NAME}: cannot create the output directory "{out_dir}": {ex.strerror or ex}; '
-                "choose an output path this worker can write to"
-            ) from ex
+        make_output_dir(NAME, self.output_file)
 
     def _check_output(self) -> None:
-        if os.path.isdir(self.output_file):
-            raise CommandError(
-                f'{NAME}: outputFile "{self.output_file}" is a directory; give the path of the file to write'
-            )
-        if not self.overwrite and os.path.lexists(self.output_file):
-            raise CommandError(
-                f'{NAME}: outputFile "{self.output_file}" already exists; remove it, choose another '
-                'path, or set "overwrite" to true'
-            )
+        check_output_file(NAME, self.output_file, self.overwrite)
 
     def _finish(self, partial: str) -> None:
         self._check_output()  # again: it may have appeared while mkvmerge ran
