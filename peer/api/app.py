@@ -7,16 +7,19 @@ the CLI only ever need their local peer's address.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
+from ..cluster.auth import is_loopback
 from ..cluster.election import COORDINATOR
 from ..cluster.identity import FarmIdentity
 from ..cluster.manager import ClusterManager
 from ..coordinator.service import APIError, Coordinator
+from ..files.job_io import SubmissionError
 from ..web import server as dashboard
 from . import client_api, cluster_api, peer_protocol
 
@@ -94,13 +97,45 @@ def coordinator_router(cluster: ClusterManager) -> Callable[[web.Request, Handle
     return route
 
 
+SUBMISSION_PATHS = ("/api/v3/jobs", "/api/v3/jobs/check")
+
+
+def job_files_packer(
+    prepare: Callable[[Any], Awaitable[Any]],
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Pack a submitted job's .blend on the peer it was submitted to.
+
+    Only for clients on this computer (the add-on, the CLI): the .blend path in
+    the job is a path on this machine. ``prepare(body) -> body`` adds the
+    job's files (peer/files/job_io.py); the coordinator, wherever it is, then
+    stores the job with them.
+    """
+
+    @web.middleware
+    async def pack(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "POST" or request.path not in SUBMISSION_PATHS or not is_loopback(request.remote):
+            return await handler(request)
+        body = await client_api.read_json(request)
+        try:
+            request[client_api.REWRITTEN_BODY_KEY] = await prepare(body)
+        except SubmissionError as exc:
+            raise APIError(400, f"cannot send this job's files to the farm: {exc}") from None
+        return await handler(request)
+
+    return pack
+
+
 async def _forward(request: web.Request, base: str) -> web.StreamResponse:
     session = request.app[FORWARD_SESSION_KEY]
     url = base.rstrip("/") + request.rel_url.path_qs
     headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
+    if client_api.REWRITTEN_BODY_KEY in request:
+        data = json.dumps(request[client_api.REWRITTEN_BODY_KEY]).encode()
+    else:
+        data = await request.read()
     try:
         async with session.request(
-            request.method, url, data=await request.read(), headers=headers,
+            request.method, url, data=data, headers=headers,
             timeout=aiohttp.ClientTimeout(total=120),
         ) as resp:
             body = await resp.read()
@@ -120,6 +155,7 @@ def build_app(
     auth: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]] | None = None,
     extra_routes: list[web.RouteDef] | None = None,
     identity: FarmIdentity | None = None,
+    packer: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]] | None = None,
 ) -> web.Application:
     """The peer's HTTP surface. Without ``cluster`` the coordinator serves
     everything itself (tests and single-process tools). ``identity`` lets
@@ -127,6 +163,8 @@ def build_app(
     # The dashboard's gate goes first: strangers must reach its login form.
     middlewares: list[Any] = [dashboard.gate, *(m for m in (auth,) if m is not None)]
     middlewares.append(errors_middleware)
+    if packer is not None:  # before routing: a follower forwards the packed submission
+        middlewares.append(packer)
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
     app[client_api.PEER_NAME_KEY] = name
     app[client_api.COORDINATOR_KEY] = coordinator

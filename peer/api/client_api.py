@@ -7,6 +7,7 @@ Flamenco Manager. Error bodies are Flamenco's ``{"code", "message"}``.
 from __future__ import annotations
 
 import json
+import mimetypes
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,14 @@ def error_response(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"code": status, "message": message, **extra}, status=status)
 
 
+# A submission this peer rewrote before handling or forwarding it (it packed the
+# job's files, see peer/files/job_io.py); read_json returns it instead of the body.
+REWRITTEN_BODY_KEY = web.RequestKey("rewritten_body", object)
+
+
 async def read_json(request: web.Request) -> Any:
+    if REWRITTEN_BODY_KEY in request:
+        return request[REWRITTEN_BODY_KEY]
     raw = await request.read()
     if not raw:
         raise APIError(400, "the request body is empty; send a JSON document")
@@ -203,5 +211,8 @@ async def job_files(request: web.Request) -> web.StreamResponse:
     # File names come from the network: never serve anything outside logs/.
     if root not in target.parents or not target.is_file():
         raise APIError(404, "no such job file")
-    return web.FileResponse(target, headers={"Content-Type": "text/plain; charset=utf-8"})
+    content_type = mimetypes.guess_type(target.name)[0] or "text/plain"
+    if content_type.startswith("text/"):
+        content_type += "; charset=utf-8"
+    return web.FileResponse(target, headers={"Content-Type": content_type})
 
