@@ -28,6 +28,12 @@ async def pull(request: web.Request) -> web.Response:
     return pack_response(await request.app[CLUSTER_KEY].log_server.pull(body))
 
 
+@routes.post(f"{PREFIX}/cluster/entries")
+async def entries(request: web.Request) -> web.Response:
+    body = await read_msgpack(request)
+    return pack_response(await request.app[CLUSTER_KEY].log_server.read_entries(body))
+
+
 @routes.post(f"{PREFIX}/cluster/merge")
 async def merge(request: web.Request) -> web.Response:
     body = await read_msgpack(request)

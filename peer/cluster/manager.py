@@ -261,7 +261,39 @@ class ClusterManager:
                     log.warning("lost the coordinator (%s); %s", self.leader_id or "?", decision.reason)
                     await self._set_role(ELECTING, "", "")
 
+    async def _catch_up(self) -> None:
+        """Before leading, take the entries a live peer holds beyond ours.
+
+        The old coordinator may have sent its last entries to one follower but
+        not to us, and the election saw slightly old log positions. Those
+        entries were decided by the old coordinator (its completions, its
+        acknowledged submissions): without them a finished task could run again.
+        """
+        store = self.coordinator.store
+        ahead = sorted((m for m in self.membership.alive() if int(m.state.get("applied", 0)) > self.applied),
+                       key=lambda m: -int(m.state.get("applied", 0)))
+        for member in ahead:
+            while True:
+                after = await self.coordinator.db.run(store.last_event_index)
+                after_term = await self.coordinator.db.run(store.term_at, after) or NO_TERM
+                try:
+                    status, body = await self.transport.call(
+                        member.url, "cluster/entries", {"after": after, "after_term": list(after_term)},
+                        timeout=max(self.settings.lease_s, 1.0))
+                except PeerUnreachable:
+                    break
+                entries = entries_from_wire(body.get("entries") or []) if status == 200 and isinstance(body, dict) else []
+                if not entries:
+                    break
+                await self.coordinator.db.run(store.append_replicated, entries)
+                self.applied = entries[-1].idx
+                log.info("caught up %d entries from peer %s before coordinating", len(entries), member.peer_id)
+
     async def _become_coordinator(self, epoch: int) -> None:
+        try:
+            await self._catch_up()
+        except Exception:  # catching up is best effort; merging covers what it misses
+            log.exception("catching up before coordinating failed")
         self.epoch = max(self.epoch, epoch)
         log.info("peer %s becomes the farm's coordinator (epoch %d)", self.settings.name, self.epoch)
         await self.coordinator.lead((self.epoch, self.settings.peer_id))

@@ -140,6 +140,20 @@ class LogServer:
             except TimeoutError:
                 pass
 
+    async def read_entries(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Any peer's own log after ``after``, for a peer that is about to coordinate
+        and may have missed the last entries the old coordinator sent to others."""
+        store = self.coordinator.store
+        try:
+            after = int(body.get("after", 0))
+            after_term = (int(body["after_term"][0]), str(body["after_term"][1]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise APIError(400, "entries needs after (int) and after_term ([epoch, leader])") from None
+        if await self.coordinator.db.run(store.term_at, after) != after_term:
+            return {"entries": [], "diverged": True}
+        entries = await self.coordinator.db.run(store.entries_since, after, MAX_ENTRIES_PER_PULL)
+        return {"entries": [e.to_wire() for e in entries]}
+
     def forget(self, peer_id: str) -> None:
         self.acked.pop(peer_id, None)
 

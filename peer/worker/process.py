@@ -31,6 +31,19 @@ MAX_LINE_CHARS = 40 * 1024
 _READ_SIZE = 64 * 1024
 _IS_WINDOWS = sys.platform == "win32"
 _EXIT_POLL_SECONDS = 0.05
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): get SIGKILL when the peer dies, even by
+    SIGKILL, so a killed peer never leaves a Blender rendering on its own."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except Exception:  # best effort: without it the orphan finishes its task and exits
+        pass
+
+
+_PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
+
 # Windows' equivalent of a new process group (POSIX gets start_new_session).
 _CREATION_FLAGS: int = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if _IS_WINDOWS else 0
 
@@ -89,6 +102,7 @@ async def run_process(
         env=env,
         start_new_session=not _IS_WINDOWS,
         creationflags=_CREATION_FLAGS,
+        preexec_fn=_PREEXEC,
     )
     result = ProcessResult(pid=proc.pid, returncode=0)
     tail: deque[str] = deque(maxlen=options.tail_lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 
@@ -60,8 +61,8 @@ async def test_cancellation_kills_the_whole_process_group(ctx: RecordingContext)
     task = asyncio.create_task(
         run_process(["/bin/sh", "-c", "sleep 30 & echo child=$!; wait"], log=ctx.log, on_line=seen.append)
     )
-    await ctx.wait_for_log("child=")
-    shell_pid = int(ctx.logs[1].split("pid=")[1].split(" ")[0])
+    await ctx.wait_for_log("> child=")  # the output line, not the "going to run" echo
+    shell_pid = int(next(line for line in ctx.logs if "> child=" in line).split("pid=")[1].split(" ")[0])
     child_pid = int(seen[0].split("=")[1])
     started = time.monotonic()
     task.cancel()
@@ -78,8 +79,8 @@ async def test_cancellation_escalates_to_sigkill(ctx: RecordingContext) -> None:
         run_process(["/bin/sh", "-c", "trap '' TERM; echo ready; sleep 30"], log=ctx.log,
                     options=ProcessOptions(terminate_grace=0.3))
     )
-    await ctx.wait_for_log("ready")
-    pid = int(ctx.logs[1].split("pid=")[1].split(" ")[0])
+    await ctx.wait_for_log("> ready")  # the output line, not the "going to run" echo
+    pid = int(next(line for line in ctx.logs if "> ready" in line).split("pid=")[1].split(" ")[0])
     started = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -121,3 +122,51 @@ def test_split_lines() -> None:
 def test_describe_returncode() -> None:
     assert describe_returncode(1) == "1"
     assert describe_returncode(-11) == "-11 (killed by SIGSEGV)"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.timeout(30)
+def test_a_child_dies_with_its_killed_parent(tmp_path):
+    """A peer killed with SIGKILL must not leave its Blender rendering on its own."""
+    import subprocess
+    import textwrap
+
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import asyncio, sys
+        from peer.worker.process import run_process, ProcessOptions
+
+        async def main():
+            async def log(text): pass
+            await run_process([sys.executable, "-c",
+                "import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"],
+                log=log)
+        asyncio.run(main())
+    """)])
+    try:
+        deadline = time.monotonic() + 15
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 5
+        while _alive(child):
+            assert time.monotonic() < deadline, "the child outlived its SIGKILLed parent"
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie waiting for init to reap it counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
