@@ -321,6 +321,17 @@ def test_a_peer_of_another_farm_cannot_join_and_unsigned_requests_are_refused(ns
     with pytest.raises(ClientError) as wrong_farm:
         SignedClient(farm.peers[0].url, stranger_identity).submit(echo_sleep("intruder", seconds=1, repeats=1))
     assert wrong_farm.value.status == 401 and "another farm" in wrong_farm.value.message
+    # Signed with another farm's secret, it can neither claim a task nor fetch a file.
+    intruder = SignedClient(farm.peers[0].url, stranger_identity)
+    for method, path, body in (
+        ("POST", "/peer/v1/worker/claim", {"worker_id": "intruder", "wait_s": 0}),
+        ("POST", "/peer/v1/worker/sign-on", {"worker_id": "intruder", "name": "x", "supported_task_types": ["misc"]}),
+        ("GET", "/peer/v1/files/blob/" + "0" * 64 + "/1", None),
+        ("POST", "/peer/v1/files/have", {"blobs": []}),
+    ):
+        with pytest.raises(ClientError) as refused:
+            intruder.request(method, path, body)
+        assert refused.value.status == 401 and "another farm" in refused.value.message, (path, refused.value.message)
     r = lab.run(2, [sys.executable, "-m", "peer", "jobs", "--json", "--peer", farm.peers[0].url],
                 capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode != 0 and "no farm signature" in r.stderr and "Traceback" not in r.stderr, r.stderr
