@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
+from typing import Any
 
-from ..compiler.loader import MIN_SCRIPT_BYTES
+from ..compiler.loader import script_files
 from ..coordinator.service import APIError, Coordinator
 from ..coordinator.shared_job_types import MAX_SCRIPT_BYTES
 from .election import COORDINATOR
@@ -25,25 +25,31 @@ from .transport import PeerTransport, PeerUnreachable
 log = logging.getLogger(__name__)
 
 
-def scan_folder(folder: Path) -> dict[str, str]:
-    """``{file_name: source}`` of the job-type scripts in ``folder`` (same rules as the loader)."""
+def scan_folder(folder: Path, cache: dict[Path, tuple[Any, str]] | None = None) -> dict[str, str]:
+    """``{file_name: source}`` of the job-type scripts in ``folder``, found by the
+    loader's own rules. ``cache`` (path -> (stat key, source)) spares re-reading
+    files that did not change since the last scan."""
     scripts: dict[str, str] = {}
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
-        return scripts
-    for entry in entries:
-        if not entry.name.endswith(".js") or entry.name.startswith("."):
+    seen: dict[Path, tuple[Any, str]] = {}
+    for path, key in script_files(folder):
+        size = key[1]
+        if size > MAX_SCRIPT_BYTES:
+            log.warning("%s is larger than %d KiB and is not shared with the farm", path, MAX_SCRIPT_BYTES // 1024)
             continue
-        try:
-            if not entry.is_file() or entry.stat().st_size < MIN_SCRIPT_BYTES:
+        cached = cache.get(path) if cache is not None else None
+        if cached is not None and cached[0] == key:
+            source = cached[1]
+        else:
+            try:
+                source = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                log.warning("cannot share job type %s: %s", path, exc)
                 continue
-            if entry.stat().st_size > MAX_SCRIPT_BYTES:
-                log.warning("%s is larger than %d KiB and is not shared with the farm", entry.path, MAX_SCRIPT_BYTES // 1024)
-                continue
-            scripts[entry.name] = Path(entry.path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            log.warning("cannot share job type %s: %s", entry.path, exc)
+        seen[path] = (key, source)
+        scripts[path.name] = source
+    if cache is not None:
+        cache.clear()
+        cache.update(seen)
     return scripts
 
 
@@ -63,11 +69,12 @@ class JobTypePublisher:
         self._sent_to: str | None = None
         self._lock = asyncio.Lock()
         self._last_problem = ""
+        self._read_cache: dict[Path, tuple[Any, str]] = {}
 
     async def sync(self) -> None:
         """Publish the folder if it changed or the coordinator did."""
         async with self._lock:
-            scripts = await asyncio.to_thread(scan_folder, self.folder)
+            scripts = await asyncio.to_thread(scan_folder, self.folder, self._read_cache)
             url = self.cluster.coordinator_url()
             if url is None or (scripts == self._sent and url == self._sent_to):
                 return

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..coordinator import events as ev
 from ..coordinator.service import APIError, Coordinator
 from ..coordinator.store import NO_TERM
 from . import election
@@ -167,8 +168,6 @@ class ClusterManager:
         return self.state()
 
     async def handle_merge(self, body: dict[str, Any]) -> dict[str, Any]:
-        from ..coordinator import events as ev
-
         entries = entries_from_wire(body.get("entries") or [])
         events = [ev.from_wire(e.body) for e in entries]
         source = f"peer {body.get('name') or body.get('peer_id') or '?'}"
@@ -299,8 +298,6 @@ class ClusterManager:
         await self.coordinator.lead((self.epoch, self.settings.peer_id))
         await self._set_role(COORDINATOR, self.settings.peer_id, self.url)
         if self._pending_merge:
-            from ..coordinator import events as ev
-
             pending, self._pending_merge = self._pending_merge, []
             await self.coordinator.merge_diverged([ev.from_wire(e.body) for e in pending], "this peer's own split")
 

@@ -198,7 +198,7 @@ class JobTypeRegistry:
             scripts: dict[str, JobTypeScript] = {}
             errors: list[JobTypeLoadError] = []
             for directory in self.dirs:
-                for path, key in _script_files(directory):
+                for path, key in script_files(directory):
                     cached = self._cache.get(path)
                     if cached is not None and cached[0] == key:
                         result = cached[1]
@@ -256,8 +256,9 @@ def _note_fallback(error: JobTypeLoadError, scripts: dict[str, JobTypeScript]) -
     return JobTypeLoadError(error.name, error.path, message)
 
 
-def _script_files(directory: Path) -> Iterable[tuple[Path, _StatKey]]:
-    """Candidate scripts of one directory, sorted by name, with their stat key."""
+def script_files(directory: Path) -> Iterable[tuple[Path, _StatKey]]:
+    """Candidate scripts of one directory, sorted by name, with their stat key
+    ``(mtime_ns, size)``. The farm's job-type sharing uses the same rules."""
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except FileNotFoundError:

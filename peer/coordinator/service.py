@@ -570,7 +570,9 @@ class Coordinator:
         if update.task_status is not None and update.task_status not in WORKER_SETTABLE_TASK_STATUSES:
             raise APIError(400, f"a worker may set a task to {', '.join(WORKER_SETTABLE_TASK_STATUSES)}, not {update.task_status!r}")
         at = status_machine.now()
-        eligible = self._eligible_workers_for(task_id, exclude=worker_id)
+        # Only a failure needs to know who else could retry the task; built on
+        # this (event loop) thread because it reads the live worker table.
+        eligible = self._eligible_workers_for(task_id, exclude=worker_id) if update.task_status == "failed" else 0
 
         def next_task(tx: Transaction) -> dict[str, Any]:
             if not claim_next or self._closing:
@@ -581,8 +583,8 @@ class Coordinator:
         def apply(tx: Transaction) -> dict[str, Any]:
             result: dict[str, Any] = {}
             row = tx.query_one(
-                "SELECT t.status, t.worker_id, t.job_id, t.type, j.status AS job_status FROM tasks t "
-                "JOIN jobs j ON j.id=t.job_id WHERE t.id=?", (task_id,))
+                "SELECT t.status, t.worker_id, t.job_id, t.type, t.steps_completed, t.activity, "
+                "j.status AS job_status FROM tasks t JOIN jobs j ON j.id=t.job_id WHERE t.id=?", (task_id,))
             if row is None:
                 return {"may_keep_running": False, "reason": "Task not found (its job was deleted)", "code": 404}
             if row["worker_id"] != worker_id:
@@ -598,9 +600,8 @@ class Coordinator:
                 tx.task_log(task_id, update.log.rstrip("\n"))
             if row["status"] != "active":
                 return {"may_keep_running": False, "reason": f'task is in non-runnable status "{row["status"]}"', "code": 409}
-            current = tx.query_one("SELECT steps_completed, activity FROM tasks WHERE id=?", (task_id,))
-            steps_changed = update.steps_completed is not None and update.steps_completed != current["steps_completed"]
-            activity_changed = update.activity is not None and update.activity != current["activity"]
+            steps_changed = update.steps_completed is not None and update.steps_completed != row["steps_completed"]
+            activity_changed = update.activity is not None and update.activity != row["activity"]
             # A heartbeat that changes nothing is not worth a log entry on every replica.
             if steps_changed or activity_changed:
                 tx.emit(ev.TaskProgressed(

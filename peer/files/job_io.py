@@ -39,6 +39,7 @@ from pathlib import Path, PurePath
 from typing import Any, Iterable
 
 import aiohttp
+import msgpack
 
 from .checkout import build_checkout
 from .manifest import Manifest
@@ -123,8 +124,11 @@ def rewrite_paths(value: Any, replacements: list[tuple[str, str]]) -> Any:
     """Replace path prefixes in every string of a command's parameters (lists and maps too)."""
     if isinstance(value, str):
         for old, new in replacements:
-            if value == old or value.startswith(old.rstrip("/\\") + "/") or value.startswith(old.rstrip("/\\") + "\\"):
-                return new + value[len(old.rstrip("/\\")):] if value != old else new
+            if value == old:
+                return new
+            root = old.rstrip("/\\")
+            if value.startswith((root + "/", root + "\\")):  # under it, at a folder boundary
+                return new + value[len(root):]
         return value
     if isinstance(value, list):
         return [rewrite_paths(v, replacements) for v in value]
@@ -188,8 +192,6 @@ class WorkerJobFiles:
     async def _fetch_outputs(self, owner_url: str, job_id: str, staging: Path) -> None:
         """Bring the owner's outputs so far (other workers' frames) into the staging folder."""
         base = f"{owner_url.rstrip('/')}/peer/v1/files/outputs/{job_id}"
-        import msgpack
-
         async with self.session.get(f"{base}/list", timeout=aiohttp.ClientTimeout(total=30)) as resp:
             if resp.status != 200:
                 log.warning("cannot list the outputs of job %s at its owner (HTTP %s)", job_id, resp.status)

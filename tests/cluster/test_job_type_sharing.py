@@ -5,12 +5,13 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from peer.clientlib import ClientError, FlamencoClient
 from peer.localfarm import LocalFarm
+from tests.polling import eventually
 
 SCRIPT = """
 const JOB_TYPE = {
@@ -23,20 +24,6 @@ function compileJob(job) {
     job.addTask(task);
 }
 """
-
-
-def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except ClientError as exc:
-            last = exc
-        if last and not isinstance(last, ClientError):
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout:.0f} s (last: {last!r})")
 
 
 def shared_type(client: FlamencoClient) -> dict[str, Any] | None:
@@ -53,14 +40,14 @@ def test_a_job_type_added_on_one_peer_reaches_the_farm_and_survives_its_coordina
         (folder / "shared_echo.js").write_text(SCRIPT % "first")
 
         # Visible through every peer: the coordinator compiles with it.
-        first = eventually(lambda: shared_type(FlamencoClient(other.url)), what="shared job type on the farm")
+        first = eventually(lambda: shared_type(FlamencoClient(other.url)), 15, "shared job type on the farm")
         assert first["label"] == "Shared Echo"
 
         # An edit changes the etag farm-wide; the old etag is refused.
         (folder / "shared_echo.js").write_text(SCRIPT % "second")
         second = eventually(
             lambda: (t := shared_type(FlamencoClient(coordinator.url))) and t["etag"] != first["etag"] and t,
-            what="edited job type")
+            15, "edited job type")
         assert second["settings"][0]["default"] == "second"
         client = FlamencoClient(other.url)
         stale = {"name": "old", "type": "shared-echo", "type_etag": first["etag"], "priority": 50,
@@ -69,14 +56,14 @@ def test_a_job_type_added_on_one_peer_reaches_the_farm_and_survives_its_coordina
             client.submit(stale)
         assert refused.value.status == 412
         job = client.submit(dict(stale, type_etag=second["etag"], name="fresh"))
-        eventually(lambda: client.job(job["id"])["status"] == "completed", what="job of the shared type done")
+        eventually(lambda: client.job(job["id"])["status"] == "completed", 15, "job of the shared type done")
 
         # The coordinator dies; the next one knows the shared type from the replicated log.
         coordinator.process.send_signal(signal.SIGKILL)
         coordinator.process.wait(10)
         survivor = eventually(
             lambda: (t := shared_type(FlamencoClient(other.url))) and t["etag"] == second["etag"] and t,
-            timeout=20, what="shared job type after failover")
+            20, "shared job type after failover")
         assert survivor["name"] == "shared-echo"
 
         # Removing the script withdraws it from the farm.
