@@ -21,6 +21,11 @@ from typing import Any
 READ_TIMEOUT_S = 3.0
 # A submission may wait for the farm to elect a coordinator (up to ~5 s).
 SUBMIT_TIMEOUT_S = 15.0
+# This computer's peer packs the project while it answers the check and the
+# submission: it hashes and copies the .blend and everything it uses into its
+# store, a few seconds per GB (measured 1.5-4.5 s/GB on a warm disk). Giving up
+# earlier would report a failure for a job the peer goes on to submit.
+PACKING_SUBMIT_TIMEOUT_S = 600.0
 
 FLAMENCO_API_MAJOR = "3"
 
@@ -34,6 +39,10 @@ class FarmError(Exception):
         self.status = status
 
 
+class FarmTimeout(FarmError):
+    """The farm accepted the connection but did not answer in time: it may still act on the request."""
+
+
 @dataclass
 class FarmClient:
     base_url: str
@@ -42,6 +51,8 @@ class FarmClient:
     # Appended to "cannot reach" messages: how to fix it in this mode.
     unreachable_hint: str = ""
     timeout: float = READ_TIMEOUT_S
+    # For the job check and the submission (see PACKING_SUBMIT_TIMEOUT_S).
+    submit_timeout: float = SUBMIT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         url = self.base_url.strip()
@@ -75,9 +86,11 @@ class FarmClient:
             ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            if isinstance(reason, socket.timeout) or isinstance(exc, TimeoutError):
+            timed_out = isinstance(reason, socket.timeout) or isinstance(exc, TimeoutError)
+            if timed_out:
                 reason = f"no answer within {timeout or self.timeout:.0f} s"
-            raise FarmError(f"cannot reach the {self.what} at {self.base_url} ({reason}). {self.unreachable_hint}".strip()) from None
+            error = FarmTimeout if timed_out else FarmError
+            raise error(f"cannot reach the {self.what} at {self.base_url} ({reason}). {self.unreachable_hint}".strip()) from None
 
     def _expect(self, path: str, response: tuple[int, Any], *, ok: tuple[int, ...] = (200,)) -> Any:
         status, payload = response
@@ -122,7 +135,7 @@ class FarmClient:
 
     def check_job(self, job: dict[str, Any]) -> None:
         """Compile the job without storing it (``/api/v3/jobs/check``, Flamenco 3.2+)."""
-        status, payload = self.request("POST", "/api/v3/jobs/check", job, timeout=SUBMIT_TIMEOUT_S)
+        status, payload = self.request("POST", "/api/v3/jobs/check", job, timeout=self.submit_timeout)
         if status in (204, 200):
             return
         if status in (404, 405):
@@ -130,7 +143,15 @@ class FarmClient:
         raise FarmError(self._submit_error(job, status, payload), status)
 
     def submit_job(self, job: dict[str, Any]) -> dict[str, Any]:
-        status, payload = self.request("POST", "/api/v3/jobs", job, timeout=SUBMIT_TIMEOUT_S)
+        try:
+            status, payload = self.request("POST", "/api/v3/jobs", job, timeout=self.submit_timeout)
+        except FarmTimeout:
+            # The request arrived: the job may be created after we stop waiting.
+            raise FarmError(
+                f"The {self.what} at {self.base_url} did not confirm the job within {self.submit_timeout:g} s. "
+                f"It may still be sending the project's files, and the job may yet appear on the farm: "
+                f"check the dashboard before submitting again."
+            ) from None
         if status == 200 and isinstance(payload, dict) and payload.get("id"):
             return payload
         if status == 200:

@@ -14,7 +14,7 @@ from typing import Any
 import bpy
 
 from . import local_peer, preferences
-from .client import FarmClient, FarmError
+from .client import PACKING_SUBMIT_TIMEOUT_S, FarmClient, FarmError
 from .state import farm
 
 ADDON_DIR = Path(__file__).resolve().parent
@@ -43,7 +43,9 @@ def client(prefs: Any | None = None, *, timeout: float | None = None) -> FarmCli
         return FarmClient(farm.base_url, what="Flamenco Manager", unreachable_hint=MANAGER_HINT, **kwargs)
     farm.mode = "peer"
     farm.base_url = local_peer_url(prefs)
-    return FarmClient(farm.base_url, what="Flamenco Peer", unreachable_hint=NO_PEER_HINT, **kwargs)
+    # The local peer packs the project during the check and the submission.
+    return FarmClient(farm.base_url, what="Flamenco Peer", unreachable_hint=NO_PEER_HINT,
+                      submit_timeout=PACKING_SUBMIT_TIMEOUT_S, **kwargs)
 
 
 def local_peer_url(prefs: Any) -> str:

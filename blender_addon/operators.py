@@ -156,8 +156,8 @@ class FLAMENCO_PEER_OT_submit_job(bpy.types.Operator):
             return _report_error(self, str(exc))
         try:
             client.check_job(job)
-            # File transfer (the .blend and its dependencies) comes with the file-transfer
-            # work; until then the farm reads the file from where it is (shared storage).
+            # A local peer packs the .blend and what it uses while it answers (docs/files.md);
+            # a Manager reads the file where it is (shared storage).
             submitted = client.submit_job(job)
         except FarmError as exc:
             return _report_error(self, str(exc))

@@ -97,7 +97,10 @@ def coordinator_router(cluster: ClusterManager) -> Callable[[web.Request, Handle
     return route
 
 
-SUBMISSION_PATHS = ("/api/v3/jobs", "/api/v3/jobs/check")
+# Only the submission itself is packed: the check compiles the job, which needs
+# no files, and packing there too would hash every project twice and pin blobs
+# for checks never followed by a submission.
+SUBMISSION_PATHS = ("/api/v3/jobs",)
 
 
 def job_files_packer(

@@ -41,6 +41,10 @@ import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from .peer_cache import SeedError
+from .peer_cache import parse_seed as seed_url
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +68,6 @@ _SEED_NONE = 0
 _SEED_IPV4 = 4
 _SEED_IPV6 = 6
 _SEED_HOST = ord("H")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 
 
 class IdentityError(Exception):
@@ -162,27 +164,15 @@ def default_farm_name() -> str:
 
 
 def parse_seed(seed: str) -> tuple[str, int]:
-    """Split ``host:port`` (or ``[v6]:port``), refusing anything a peer could not dial."""
-    text = seed.strip()
-    how = "write it as host:port, for example 192.168.1.20:8780"
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise IdentityError(f"seed address {seed!r} is not host:port; {how}")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise IdentityError(f"seed address {seed!r} is not host:port; {how} (IPv6 as [addr]:port)")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise IdentityError(f"seed address {seed!r} has no valid port (1-65535); {how}")
+    """Split ``host:port`` (or ``[v6]:port``) into (host, port), refusing anything a
+    peer could not dial: the same rules as seeds in the config and ``--join``."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOSTNAME.match(host):
-            raise IdentityError(
-                f"seed address {seed!r}: {host!r} is neither an IP address nor a host name; {how}"
-            ) from None
-    return host, int(port_text)
+        url = seed_url(seed)
+    except SeedError as exc:
+        raise IdentityError(str(exc)) from None
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None  # seed_url guarantees both
+    return parts.hostname, parts.port
 
 
 def _format_seed(host: str, port: int) -> str:

@@ -256,6 +256,42 @@ def submit_to_peer(args: dict[str, Any]) -> dict[str, Any]:
 
 
 @scenario
+def submit_paused(args: dict[str, Any]) -> dict[str, Any]:
+    """Submit from the sidebar as paused, as an artist would, and report what the add-on saw.
+
+    Paused, so the test can move the project away before any worker looks at
+    it. Settings in ``args["settings"]`` are typed into the panel's fields; a
+    setting with a link toggle is unlinked first (the artist overriding the
+    scene's value), so the scene itself is never edited.
+    """
+    enable({"peer_data_dir": args["data_dir"]})
+    bpy.ops.wm.open_mainfile(filepath=args["scene"])
+    mtime = os.stat(args["scene"]).st_mtime_ns
+    assert bpy.ops.flamenco_peer.refresh() == {"FINISHED"}
+    scene = bpy.context.scene
+    scene.flamenco_peer_job_type = args["job_type"]
+    settings_props = addon_module("settings_props")
+    settings = settings_props.settings_of(bpy.context)
+    specs = {s.key: s for s in settings_props.current.specs}
+    for key, value in args["settings"].items():
+        if specs[key].link_button:
+            setattr(settings, specs[key].autoeval_prop, False)
+        setattr(settings, specs[key].prop_name, value)
+    scene.flamenco_peer_job_name = args["job_name"]
+    scene.flamenco_peer_submit_paused = True
+    assert bpy.ops.flamenco_peer.submit_job() == {"FINISHED"}
+    state = addon_module("state")
+    addon_module("background").refresh_now()
+    return {
+        "job_id": state.farm.job.job_id, "status": state.farm.job.status, "error": state.farm.error,
+        "submit_timeout": addon_module("connection").client().submit_timeout,
+        "file_untouched": os.stat(args["scene"]).st_mtime_ns == mtime, "is_dirty": bpy.data.is_dirty,
+        "libraries": [lib.filepath for lib in bpy.data.libraries],
+        "images": sorted(img.filepath for img in bpy.data.images if img.source == "FILE"),
+    }
+
+
+@scenario
 def manager_mode(args: dict[str, Any]) -> dict[str, Any]:
     enable({"manager_url": args["manager_url"]})
     if args["scene"]:

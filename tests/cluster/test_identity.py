@@ -165,9 +165,9 @@ def test_a_well_typed_but_malformed_code_is_called_damaged_not_mistyped() -> Non
 
 
 @pytest.mark.parametrize("seed, fragment", [
-    ("nohost", "not host:port"), ("host:", "no valid port"), ("host:0", "no valid port"),
-    ("host:70000", "no valid port"), ("fe80::1:8780", "IPv6 as [addr]:port"), ("[fe80::1]8780", "not host:port"),
-    ("bad_host!:80", "neither an IP address nor a host name"),
+    ("nohost", "has no port"), ("host:", "has no port"), ("host:0", "no valid port"),
+    ("host:70000", "no valid port"), ("fe80::1:8780", "IPv6 address in brackets"), ("[fe80::1]8780", "has no port"),
+    ("bad_host!:80", "neither an IP address nor a host name"), ("0.0.0.0:8780", "cannot be dialled"),
 ])
 def test_bad_seed_addresses_are_refused(seed: str, fragment: str) -> None:
     with pytest.raises(IdentityError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
