@@ -383,8 +383,45 @@ def cmd_workers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(workers, indent=2))
     else:
-        print(_table([[w["id"][:8], w["name"], w["status"], w.get("last_seen", "")] for w in workers],
+        print(_table([[w["id"][:8], w["name"], _worker_status(w), w.get("last_seen", "")] for w in workers],
                      ["ID", "NAME", "STATUS", "LAST SEEN"]))
+    return 0
+
+
+def _worker_status(worker: dict[str, Any]) -> str:
+    change = worker.get("status_change")
+    if not change:
+        return worker["status"]
+    when = " after its task" if change.get("is_lazy") else ""
+    return f"{worker['status']} -> {change['status']}{when}"
+
+
+def _resolve_worker(client: FlamencoClient, ref: str) -> dict[str, Any]:
+    ref = _require_ref(ref, "worker")
+    workers = client.workers()
+    exact = [w for w in workers if ref in (w["id"], w["name"])]
+    matches = exact or [w for w in workers if w["id"].startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ClientError(f"no worker is named {ref!r} or has an id starting with it; see `flamenco-peer workers`")
+    raise ClientError(f"{ref!r} matches {len(matches)} workers; give its id (see `flamenco-peer workers`)")
+
+
+def cmd_worker_status(args: argparse.Namespace) -> int:
+    client = FlamencoClient(args.peer)
+    worker = _resolve_worker(client, args.worker)
+    status = "asleep" if args.command == "sleep" else "awake"
+    lazy = bool(getattr(args, "after_task", False))
+    client.set_worker_status(worker["id"], status, is_lazy=lazy)
+    if status == "awake":
+        print(f"Worker {worker['name']} is asked to wake up; it takes tasks again within seconds")
+    elif lazy:
+        print(f"Worker {worker['name']} goes to sleep after its current task; wake it with "
+              f"`flamenco-peer wake {worker['name']}`")
+    else:
+        print(f"Worker {worker['name']} goes to sleep now (its task goes back to the queue); wake it with "
+              f"`flamenco-peer wake {worker['name']}`")
     return 0
 
 
@@ -572,6 +609,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", metavar="TASK", help="task id (a unique prefix is enough)")
     p.set_defaults(func=cmd_log)
     client_parser("workers", "list workers").set_defaults(func=cmd_workers)
+    p = client_parser("sleep", "send a worker to sleep: it takes no tasks until woken (also after a restart)",
+                      json_flag=False)
+    p.add_argument("worker", metavar="WORKER", help="worker name or id (a unique id prefix is enough)")
+    p.add_argument("--after-task", action="store_true",
+                   help="let it finish the task it runs first (default: requeue that task now)")
+    p.set_defaults(func=cmd_worker_status)
+    p = client_parser("wake", "wake a worker that was sent to sleep", json_flag=False)
+    p.add_argument("worker", metavar="WORKER", help="worker name or id (a unique id prefix is enough)")
+    p.set_defaults(func=cmd_worker_status)
     client_parser("job-types", "list job types and their settings").set_defaults(func=cmd_job_types)
 
     comp = sub.add_parser(

@@ -139,6 +139,11 @@ class FlamencoClient:
     def workers(self) -> list[dict[str, Any]]:
         return self.get("/api/v3/worker-mgt/workers")["workers"]
 
+    def set_worker_status(self, worker_id: str, status: str, *, is_lazy: bool = False) -> None:
+        """Ask a worker to be "asleep" or "awake" (``is_lazy``: after its current task)."""
+        path = f"/api/v3/worker-mgt/workers/{worker_id}/setstatus"
+        self._api_json(path, self.request("POST", path, {"status": status, "is_lazy": is_lazy}))
+
 
 def _decode(raw: bytes, content_type: str) -> Any:
     if not raw:

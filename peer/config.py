@@ -58,6 +58,7 @@ class PeerConfig:
     sleep_end: str = ""  # ... to this one, the worker takes no tasks
     on_shutdown: str = "requeue"  # on SIGTERM: "requeue" the running task at once, or "finish" it first
     shutdown_grace_s: float = 60.0  # on_shutdown = "finish": longest wait for the task before requeueing it
+    prefetch_next_task: bool = True  # while a task runs, claim the next one and fetch its files (if no worker idles)
     # Job files (see docs/files.md)
     store_cap_gb: float = 20.0  # content store size; unused blobs beyond it are collected
     shared_storage: list[str] = field(default_factory=list)  # folders every worker sees at the same path

@@ -34,7 +34,7 @@ from .worker.loop import Worker, WorkerIdentity, WorkerOptions
 from .worker.upstream import buffer_path
 from .worker.warm import WarmBlenderPool, WarmOptions
 from .api.app import job_files_packer
-from .files.job_io import WorkerJobFiles, attach_job_files
+from .files.job_io import WorkerJobFiles, attach_job_files, worker_outputs_folder
 from .files.outputs import OutputShipper
 from .files.routes import add_routes as add_file_routes
 from .files.store import ContentStore
@@ -132,8 +132,12 @@ class PeerNode:
             packer=job_files_packer(prepare_submission),
         )
         add_file_routes(app, self.store, resolve_output_root=self._output_root,
-                        job_files_root=self.coordinator.logs.root)
+                        job_files_root=self.coordinator.logs.root,
+                        resolve_worker_outputs=lambda job_id: worker_outputs_folder(data_dir, job_id))
         self.shipper = OutputShipper(data_dir / "outbox", self._session, resolve_owner=self._peer_url)
+        # Outputs waiting for a peer that just came back go now, not at the next retry.
+        shipper = self.shipper
+        self.cluster.membership.on_return.append(lambda peer_id: shipper.wake())
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True)
@@ -172,7 +176,8 @@ class PeerNode:
                     sleep_days=cfg.sleep_days, sleep_start=cfg.sleep_start, sleep_end=cfg.sleep_end)
                 worker_options = WorkerOptions.from_settings(
                     on_shutdown=cfg.on_shutdown, shutdown_grace_s=cfg.shutdown_grace_s,
-                    finish_task_when_user_returns=cfg.finish_task_when_user_returns)
+                    finish_task_when_user_returns=cfg.finish_task_when_user_returns,
+                    prefetch=cfg.prefetch_next_task)
             except ValueError as exc:
                 await self.stop()
                 raise SystemExit(f"flamenco-peer: {exc} (in {config_path(data_dir)})") from None

@@ -6,14 +6,18 @@ Flamenco Manager. Error bodies are Flamenco's ``{"code", "message"}``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import mimetypes
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
 from ..coordinator.service import APIError, Coordinator
+from ..files.thumbnails import FILENAME as LAST_RENDERED_FILENAME
+from ..files.thumbnails import LastRenderedStore
 
 COORDINATOR_KEY = web.AppKey("coordinator", Coordinator)
 PEER_NAME_KEY = web.AppKey("peer_name", str)
@@ -74,6 +78,16 @@ async def get_job_types(request: web.Request) -> web.Response:
     return web.json_response({"job_types": await _coordinator(request).job_types()})
 
 
+@routes.get("/api/v3/jobs/last-rendered")
+async def fetch_global_last_rendered(request: web.Request) -> web.Response:
+    """The most recently rendered image of any job (registered before /jobs/{job_id})."""
+    coordinator = _coordinator(request)
+    newest = await asyncio.to_thread(_newest_last_rendered, coordinator.logs.root)
+    if newest is None:
+        return web.Response(status=204)
+    return web.json_response(_last_rendered_info(coordinator.logs.root, newest))
+
+
 @routes.get("/api/v3/jobs/type/{name}")
 async def get_job_type(request: web.Request) -> web.Response:
     return web.json_response(await _coordinator(request).job_type(request.match_info["name"]))
@@ -132,6 +146,34 @@ async def set_job_priority(request: web.Request) -> web.Response:
         raise APIError(400, f"'priority' must be an integer from 0 to 100, got {priority!r}")
     await _coordinator(request).set_job_priority(request.match_info["job_id"], priority)
     return web.Response(status=204)
+
+
+@routes.get("/api/v3/jobs/{job_id}/last-rendered")
+async def fetch_job_last_rendered(request: web.Request) -> web.Response:
+    coordinator = _coordinator(request)
+    job = await coordinator.get_job(request.match_info["job_id"])
+    image = LastRenderedStore(coordinator.logs.root).path_for(job["id"])
+    if not await asyncio.to_thread(image.is_file):
+        return web.Response(status=204)
+    return web.json_response(_last_rendered_info(coordinator.logs.root, image))
+
+
+def _last_rendered_info(root: Path, image: Path) -> dict[str, Any]:
+    """Flamenco's JobLastRenderedImageInfo: ``{base}/{suffix}`` is the image's URL.
+    Workers send one size (a thumbnail), so there is one suffix."""
+    return {"base": "/job-files/" + image.parent.relative_to(root).as_posix(), "suffixes": [image.name]}
+
+
+def _newest_last_rendered(root: Path) -> Path | None:
+    newest: tuple[float, Path] | None = None
+    for image in root.glob(f"job-*/*/{LAST_RENDERED_FILENAME}"):
+        try:
+            mtime = image.stat().st_mtime
+        except OSError:  # replaced or deleted meanwhile
+            continue
+        if newest is None or mtime > newest[0]:
+            newest = (mtime, image)
+    return newest[1] if newest else None
 
 
 @routes.get("/api/v3/jobs/{job_id}/blocklist")
@@ -201,6 +243,19 @@ async def fetch_workers(request: web.Request) -> web.Response:
 @routes.get("/api/v3/worker-mgt/workers/{worker_id}")
 async def fetch_worker(request: web.Request) -> web.Response:
     return web.json_response(await _coordinator(request).get_worker(request.match_info["worker_id"]))
+
+
+@routes.post("/api/v3/worker-mgt/workers/{worker_id}/setstatus")
+async def request_worker_status(request: web.Request) -> web.Response:
+    """Send a worker to sleep or wake it (Flamenco's WorkerStatusChangeRequest)."""
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str) \
+            or not isinstance(body.get("is_lazy", False), bool):
+        raise APIError(400, "send {\"status\": \"asleep\" or \"awake\", \"is_lazy\": true or false}; "
+                            "is_lazy lets the worker finish its current task first")
+    await _coordinator(request).request_worker_status(
+        request.match_info["worker_id"], body["status"], bool(body.get("is_lazy", False)))
+    return web.Response(status=204)
 
 
 @routes.get("/job-files/{path:.+}")

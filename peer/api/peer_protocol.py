@@ -52,6 +52,7 @@ async def sign_on(request: web.Request) -> web.Response:
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise APIError(400, "field 'supported_task_types' must be a list of strings")
     current = body.get("current_task")
+    prefetched = body.get("prefetched_task")
     tags = body.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise APIError(400, "field 'tags' must be a list of strings")
@@ -60,6 +61,7 @@ async def sign_on(request: web.Request) -> web.Response:
         address=_str(body, "address", required=False) or (request.remote or ""),
         platform=_str(body, "platform", required=False), software=_str(body, "software", required=False),
         supported_task_types=types, current_task=current if isinstance(current, str) else None, tags=tags,
+        prefetched_task=prefetched if isinstance(prefetched, str) else None,
     )
     return pack_response({"ok": True})
 
@@ -77,10 +79,14 @@ async def claim(request: web.Request) -> web.Response:
     wait_s = body.get("wait_s", 10.0)
     if not isinstance(wait_s, (int, float)) or wait_s < 0:
         raise APIError(400, "field 'wait_s' must be a non-negative number")
-    task = await request.app[COORDINATOR_KEY].claim_task(_str(body, "worker_id"), float(wait_s))
-    if task is None:
+    prefetch_after = body.get("prefetch_after")
+    if prefetch_after is not None and (not isinstance(prefetch_after, str) or not prefetch_after):
+        raise APIError(400, "field 'prefetch_after' must be the id of the task the worker runs")
+    answer = await request.app[COORDINATOR_KEY].claim_task(
+        _str(body, "worker_id"), float(wait_s), prefetch_after=prefetch_after)
+    if answer is None:
         return web.Response(status=204)
-    return pack_response({"task": task})
+    return pack_response(answer)
 
 
 @routes.post(f"{PREFIX}/worker/task-update")
@@ -120,3 +126,21 @@ async def watch(request: web.Request) -> web.Response:
     verdict = await request.app[COORDINATOR_KEY].watch_task(
         _str(body, "worker_id"), _str(body, "task_id"), float(wait_s))
     return pack_response(verdict)
+
+
+@routes.post(f"{PREFIX}/worker/state")
+async def worker_state(request: web.Request) -> web.Response:
+    """Long-poll for a worker sent to sleep: answers when it is asked to wake."""
+    body = await read_msgpack(request)
+    wait_s = body.get("wait_s", 10.0)
+    if not isinstance(wait_s, (int, float)) or wait_s < 0:
+        raise APIError(400, "field 'wait_s' must be a non-negative number")
+    return pack_response(await request.app[COORDINATOR_KEY].worker_state(_str(body, "worker_id"), float(wait_s)))
+
+
+@routes.post(f"{PREFIX}/worker/state-changed")
+async def worker_state_changed(request: web.Request) -> web.Response:
+    """The worker went to sleep or woke up, as it was asked."""
+    body = await read_msgpack(request)
+    await request.app[COORDINATOR_KEY].worker_status_changed(_str(body, "worker_id"), _str(body, "status"))
+    return pack_response({"ok": True})

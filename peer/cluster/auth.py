@@ -44,6 +44,7 @@ The middleware reads the body to check it; handlers read it again with
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import heapq
@@ -361,6 +362,9 @@ def session_cookie_valid(identity: FarmIdentity, value: str, *, now: float | Non
 # --- the server middleware -------------------------------------------------------------
 
 
+# Cached: every request asks about the same few addresses, and parsing them was
+# a noticeable share of a busy coordinator's Python time.
+@functools.lru_cache(maxsize=256)
 def is_loopback(remote: str | None) -> bool:
     """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything unparsable."""
     if not remote:
@@ -374,6 +378,7 @@ def is_loopback(remote: str | None) -> bool:
     return addr.is_loopback
 
 
+@functools.lru_cache(maxsize=256)
 def _names_this_computer(host: str | None, own_names: frozenset[str]) -> bool:
     if not host:
         return False
@@ -390,6 +395,7 @@ def _origin_of(value: str) -> tuple[str | None, int | None]:
         return None, None
 
 
+@functools.lru_cache(maxsize=256)
 def _host_of(value: str) -> str | None:
     return _origin_of(value)[0]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .election import Candidate
 
@@ -31,6 +31,10 @@ class Member:
         )
 
 
+# Seeds and mDNS adverts are never forgotten; cache and gossip entries are, after a long silence.
+_SOURCE_STRENGTH = {"gossip": 0, "cache": 1, "mdns": 2, "seed": 3}
+
+
 class Membership:
     """Addresses to contact, and the peers that answered."""
 
@@ -42,12 +46,18 @@ class Membership:
         self.contacts: dict[str, str] = {}
         self._failing_since: dict[str, float] = {}
         self.self_urls: set[str] = set()
+        # Called with a peer id when a peer is heard that was not alive before
+        # (new, or back after a partition or a restart).
+        self.on_return: list[Callable[[str], None]] = []
 
     def add_contact(self, url: str, source: str) -> None:
+        """Remember ``url``; a contact keeps the strongest reason we know it by, so a
+        peer found by mDNS that others also gossip about is never forgotten as gossip."""
         url = url.rstrip("/")
         if not url or url in self.self_urls:
             return
-        if self.contacts.get(url) != "seed":
+        known = self.contacts.get(url)
+        if known is None or _SOURCE_STRENGTH.get(source, 0) >= _SOURCE_STRENGTH.get(known, 0):
             self.contacts[url] = source
 
     def heard(self, state: dict[str, Any]) -> Member | None:
@@ -58,8 +68,12 @@ class Membership:
                 self.self_urls.add(url)
                 self.contacts.pop(url, None)
             return None
+        returned = not self.is_alive(peer_id)
         member = Member(peer_id, url, state)
         self.members[peer_id] = member
+        if returned:
+            for callback in self.on_return:
+                callback(peer_id)
         if url:
             self.add_contact(url, self.contacts.get(url, "gossip"))
             self._failing_since.pop(url, None)

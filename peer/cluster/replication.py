@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..coordinator.service import APIError, Coordinator, NotCoordinator
-from ..coordinator.store import LogEntry, TermSegment
+from ..coordinator.store import LogEntry, Term, TermSegment
 
 if TYPE_CHECKING:
     from .membership import Membership
@@ -93,9 +93,13 @@ class LogServer:
             raise APIError(400, "pull needs after (int), after_term ([epoch, leader]) and wait_s") from None
 
         store = coordinator.store
-        ours = await coordinator.db.run(store.term_at, after)
-        if ours != after_term or (after > 0 and not after_term[1]):
-            segments = await coordinator.db.run(store.segments)
+        self._committed.clear()
+        # One trip to the DB thread for the common case: the term check and
+        # the entries that follow (a follower pulls after every commit). Reads
+        # of the log alone: no need to wait for task-log files being written.
+        entries = await coordinator.db.run_unordered(self._entries_if_continued, after, after_term)
+        if entries is None:
+            segments = await coordinator.db.run_unordered(store.segments)
             return {"diverged": True, "segments": segments_to_wire(segments), "epoch": term[0], "leader": term[1]}
 
         if after > self.acked.get(peer_id, 0):
@@ -103,8 +107,9 @@ class LogServer:
             self._acks_changed.set()
         deadline = time.monotonic() + wait_s
         while True:
-            self._committed.clear()
-            entries = await coordinator.db.run(store.entries_since, after, MAX_ENTRIES_PER_PULL)
+            if entries is None:
+                self._committed.clear()
+                entries = await coordinator.db.run_unordered(store.entries_since, after, MAX_ENTRIES_PER_PULL)
             remaining = deadline - time.monotonic()
             if entries or remaining <= 0 or coordinator.term != term:
                 break
@@ -113,9 +118,18 @@ class LogServer:
                     await self._committed.wait()
             except TimeoutError:
                 pass
+            entries = None
         if coordinator.term != term:
             raise NotCoordinator()
         return {"epoch": term[0], "leader": term[1], "entries": [e.to_wire() for e in entries]}
+
+    def _entries_if_continued(self, after: int, after_term: Term) -> list[LogEntry] | None:
+        """On the DB thread: the entries after ``after`` if the puller's log agrees
+        with ours up to there, else None (it diverged)."""
+        store = self.coordinator.store
+        if store.term_at(after) != after_term or (after > 0 and not after_term[1]):
+            return None
+        return store.entries_since(after, MAX_ENTRIES_PER_PULL)
 
     async def wait_replicated(self, index: int) -> None:
         """Return once a live follower holds entry ``index``, or no other peer is alive.

@@ -31,12 +31,13 @@ class WorkerProfile:
 # Two steps, because one query over every queued task of every job is slow
 # for big jobs (it reads and sorts them all): first the runnable jobs with how
 # many tasks each runs now, then per job the first eligible task, through the
-# tasks_pick index, stopping at the first hit.
+# tasks_pick index, stopping at the first hit. The running count is a probe of
+# that index per runnable job; grouping all active tasks instead costs a
+# temporary B-tree per pick, in proportion to the number of busy workers.
 _RUNNABLE_JOBS_SQL = """
-SELECT j.id, j.priority, j.seq, COALESCE(running.n, 0) AS running
+SELECT j.id, j.priority, j.seq,
+       (SELECT COUNT(*) FROM tasks t WHERE t.job_id = j.id AND t.status = 'active') AS running
 FROM jobs j
-LEFT JOIN (SELECT job_id, COUNT(*) AS n FROM tasks WHERE status = 'active' GROUP BY job_id) running
-       ON running.job_id = j.id
 WHERE j.status IN ('queued', 'active')
   AND (j.worker_tag = '' OR j.worker_tag IN ({tags}))
 """
@@ -70,6 +71,12 @@ def current_task_of(tx: Transaction, worker_id: str) -> str | None:
 
 
 def pick_task(tx: Transaction, worker: WorkerProfile) -> str | None:
+    picked = _pick(tx, worker)
+    return picked[0] if picked else None
+
+
+def _pick(tx: Transaction, worker: WorkerProfile) -> tuple[str, str] | None:
+    """(task id, job id) of the task ``worker`` should run next."""
     if not worker.supported_task_types:
         return None
     params: dict[str, str] = {"worker": worker.worker_id}
@@ -78,7 +85,7 @@ def pick_task(tx: Transaction, worker: WorkerProfile) -> str | None:
     types = ",".join(f":type{i}" for i in range(len(worker.supported_task_types)))
     tags = ",".join(f":tag{i}" for i in range(len(worker.tags))) or "NULL"
     first_task = _FIRST_TASK_SQL.format(types=types)
-    best: tuple[tuple[int, int, int, int, int], str] | None = None
+    best: tuple[tuple[int, int, int, int, int], tuple[str, str]] | None = None
     for job in tx.query(_RUNNABLE_JOBS_SQL.format(tags=tags), params):
         for status in ("queued", "soft-failed"):
             row = tx.query_one(first_task, {**params, "job": job["id"], "status": status})
@@ -87,18 +94,18 @@ def pick_task(tx: Transaction, worker: WorkerProfile) -> str | None:
             # The documented order: job priority, fewest running, task priority, age, position.
             key = (-job["priority"], job["running"], -row["priority"], job["seq"], row["index_in_job"])
             if best is None or key < best[0]:
-                best = (key, row["id"])
+                best = (key, (row["id"], job["id"]))
     return best[1] if best else None
 
 
 def assign_next_task(tx: Transaction, worker: WorkerProfile, at: str) -> str | None:
     """Pick a task for ``worker`` and assign it (task → active, job → active)."""
-    task_id = pick_task(tx, worker)
-    if task_id is None:
+    picked = _pick(tx, worker)
+    if picked is None:
         return None
+    task_id, job_id = picked
     tx.emit(ev.TaskAssigned(task_id=task_id, worker_id=worker.worker_id, at=at))
     tx.task_log(task_id, f"{at} task assigned to worker {worker.name} ({worker.worker_id})")
-    row = tx.query_one("SELECT job_id FROM tasks WHERE id=?", (task_id,))
     # The assignment itself is the queued → active change; apply the job rule.
-    status_machine.update_job_after_task_change(tx, row["job_id"], "active", at)
+    status_machine.update_job_after_task_change(tx, job_id, "active", at)
     return task_id

@@ -25,13 +25,18 @@ from ..compiler.validation import validate_settings
 from . import events as ev
 from . import scheduler, shared_job_types, status_machine
 from .dbthread import DBThread
-from .store import NO_TERM, JobStore, Term, Transaction
+from .store import NO_TERM, GroupedWrite, JobStore, Term, Transaction
 from .tasklogs import TaskLogs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WORKER_SETTABLE_TASK_STATUSES = ("active", "completed", "failed")
+# Statuses a person may ask a worker for. Flamenco also offers "offline" and
+# "restart", which would stop or restart someone's flamenco-peer remotely.
+REQUESTABLE_WORKER_STATUSES = ("asleep", "awake")
+# Statuses a worker reports about itself (worker/state-changed).
+WORKER_REPORTED_STATUSES = ("asleep", "awake")
 
 
 class APIError(Exception):
@@ -213,17 +218,16 @@ class Coordinator:
         if term is None:
             raise NotCoordinator()
 
-        def run() -> tuple[T, Transaction]:
+        def decide(tx: Transaction) -> T:
             # Fencing: a step-down that happened while this waited for the DB
             # thread must not let an old leader's decision in.
             if self.term != term:
                 raise NotCoordinator()
-            with status_machine.policy_in_effect(self.failure_policy), \
-                    self.store.transaction(term, durable=durable) as tx:
-                result = fn(tx)
-            return result, tx
+            with status_machine.policy_in_effect(self.failure_policy):
+                return fn(tx)
 
-        result, tx = await self.db.run(run)
+        # Writes that queue up while the DB thread is busy share one commit.
+        result, tx = await self.db.run_grouped(self.store.transaction_group, GroupedWrite(decide, term, durable))
         if tx.emitted:
             for listener in self.on_commit:
                 listener(tx.last_index)
@@ -239,7 +243,7 @@ class Coordinator:
         return await self.db.run(lambda: fn(self.store.read()))
 
     async def _after_events(self, emitted: list[ev.Event]) -> None:
-        if any(_may_free_work(e) for e in emitted):
+        if any(_may_free_work(e) or isinstance(e, ev.WorkerStatusRequested) for e in emitted):
             self._work_version += 1
             async with self._work_changed:
                 self._work_changed.notify_all()
@@ -404,6 +408,8 @@ class Coordinator:
             }
             if presence is not None:
                 item["last_seen"] = _monotonic_to_iso(presence.last_seen)
+            if r["status_requested"] and r["status_requested"] != status:
+                item["status_change"] = {"status": r["status_requested"], "is_lazy": bool(r["lazy_status_request"])}
             out.append(item)
         return out
 
@@ -470,6 +476,7 @@ class Coordinator:
     async def sign_on(
         self, worker_id: str, name: str, address: str, platform: str, software: str,
         supported_task_types: list[str], current_task: str | None, tags: list[str] | None = None,
+        prefetched_task: str | None = None,
     ) -> None:
         if not self.leading:
             raise NotCoordinator()
@@ -487,11 +494,12 @@ class Coordinator:
             ))
             if current_task:
                 _keep_running_task(tx, worker_id, name, current_task, at)
-            # Whatever this worker held before and no longer runs is lost: requeue it.
+            # Whatever this worker held before and no longer runs (or holds
+            # prefetched) is lost: requeue it.
             orphans = [
                 r["id"] for r in tx.query(
                     "SELECT id FROM tasks WHERE worker_id=? AND status='active'", (worker_id,))
-                if r["id"] != current_task
+                if r["id"] != current_task and r["id"] != prefetched_task
             ]
             if orphans:
                 status_machine.requeue_tasks(tx, orphans, f"worker {name} restarted and no longer runs it", at)
@@ -526,8 +534,15 @@ class Coordinator:
         presence.last_seen = time.monotonic()
         return presence
 
-    async def claim_task(self, worker_id: str, wait_s: float) -> dict[str, Any] | None:
-        """Long-poll: return an assigned task as soon as one is available, or None after ``wait_s``."""
+    async def claim_task(self, worker_id: str, wait_s: float, *, prefetch_after: str | None = None
+                         ) -> dict[str, Any] | None:
+        """Long-poll: as soon as there is something for the worker, return
+        ``{"task": <assigned task>}``, or ``{"task": None, "status_change": {...}}``
+        when someone asked it to sleep; None after ``wait_s``.
+
+        ``prefetch_after``: the worker runs this task and asks for the one after
+        it, to prepare while it renders. It holds at most one such task: asking
+        again returns the same one."""
         deadline = time.monotonic() + max(0.0, min(wait_s, 60.0))
         while True:
             if self._closing:
@@ -535,17 +550,51 @@ class Coordinator:
             presence = self._presence(worker_id)
             version = self._work_version
             at = status_machine.now()
+            other_awake = [w for w, p in self._workers.items() if w != worker_id and p.status == "awake"] \
+                if prefetch_after is not None else []
 
-            def claim(tx: Transaction) -> str | None:
-                current = scheduler.current_task_of(tx, worker_id)
-                if current is not None:
-                    return current
-                return scheduler.assign_next_task(tx, presence.profile, at)
+            def claim(tx: Transaction) -> str | dict[str, Any] | bool | None:
+                if prefetch_after is not None:
+                    held = _tasks_held_by(tx, worker_id)
+                    if prefetch_after not in held:
+                        # That task ended or was taken away: nothing to prefetch for.
+                        return False
+                    others = [t for t in held if t != prefetch_after]
+                    if others:
+                        return others[0]
+                    if _any_idle(tx, other_awake):
+                        # A worker without work takes the next task sooner than
+                        # this one, busy with its current one, would.
+                        return False
+                else:
+                    current = scheduler.current_task_of(tx, worker_id)
+                    if current is not None:
+                        return current
+                change = _status_change_for(tx, worker_id)
+                if change is not None:
+                    return change
+                assigned = scheduler.assign_next_task(tx, presence.profile, at)
+                if assigned is not None and prefetch_after is not None:
+                    tx.emit(ev.TaskProgressed(
+                        task_id=assigned, steps_completed=None, at=at,
+                        activity=f"Prefetched by {presence.profile.name}: starts when its current task ends"))
+                return assigned
 
-            task_id = await self._write(claim, durable=False)
-            if task_id is not None:
-                self._task_progress.setdefault(task_id, time.monotonic())
-                return await self._read(lambda tx: _assigned_task(tx, task_id))
+            outcome = await self._write(claim, durable=False)
+            if outcome is False:
+                return None
+            if isinstance(outcome, dict):
+                return {"task": None, "status_change": outcome}
+            if isinstance(outcome, str):
+                task_id = outcome
+                if prefetch_after is None:
+                    self._task_progress.setdefault(task_id, time.monotonic())
+                else:
+                    log.debug("worker %s prefetched task %s", presence.profile.name, task_id)
+                # A prefetched task's clock starts with its first report: it
+                # waits for the task before it, however long that renders.
+                task = await self._read(lambda tx: _assigned_task(tx, task_id))
+                return {"task": task}
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closing:
                 return None
@@ -577,7 +626,10 @@ class Coordinator:
         def next_task(tx: Transaction) -> dict[str, Any]:
             if not claim_next or self._closing:
                 return {}
-            assigned = scheduler.assign_next_task(tx, presence.profile, at)
+            # A task it prefetched comes first; a worker asked to sleep gets nothing new.
+            assigned = scheduler.current_task_of(tx, worker_id)
+            if assigned is None and _status_change_for(tx, worker_id) is None:
+                assigned = scheduler.assign_next_task(tx, presence.profile, at)
             return {"next_task": _assigned_task(tx, assigned) if assigned else None}
 
         def apply(tx: Transaction) -> dict[str, Any]:
@@ -671,6 +723,68 @@ class Coordinator:
                             await self._tasks_changed.wait()
                     except TimeoutError:
                         pass
+
+    # --- worker status: sleep and wake --------------------------------------
+
+    async def request_worker_status(self, worker_id: str, status: str, is_lazy: bool) -> None:
+        """A person asks a worker to sleep or wake (Flamenco's worker-mgt setstatus).
+
+        Sleeping at once (not lazy) requeues the worker's tasks; a lazy request
+        lets it finish the task it runs first."""
+        if status not in REQUESTABLE_WORKER_STATUSES:
+            raise APIError(
+                422, f"a worker can be asked to be {' or '.join(map(repr, REQUESTABLE_WORKER_STATUSES))}, "
+                     f"not {status!r}; to stop a peer's worker for good, stop flamenco-peer on that computer "
+                     "or set its worker mode to 'never'")
+        at = status_machine.now()
+
+        def request(tx: Transaction) -> None:
+            row = tx.query_one("SELECT name FROM workers WHERE id=?", (worker_id,))
+            if row is None:
+                raise APIError(404, f"no worker with id {worker_id!r}; list workers with `flamenco-peer workers`")
+            tx.emit(ev.WorkerStatusRequested(worker_id=worker_id, status=status, is_lazy=is_lazy, at=at))
+            if status == "asleep" and not is_lazy:
+                held = _tasks_held_by(tx, worker_id)
+                if held:
+                    status_machine.requeue_tasks(tx, held, f"worker {row['name']} was sent to sleep", at)
+
+        await self._write(request)
+
+    async def worker_state(self, worker_id: str, wait_s: float) -> dict[str, Any]:
+        """Long-poll for a sleeping worker: answers as soon as it is no longer
+        asked to sleep (or after ``wait_s``) with ``{"status_requested": ...}``."""
+        deadline = time.monotonic() + max(0.0, min(wait_s, 60.0))
+        while True:
+            if self._closing or not self.leading:
+                raise NotCoordinator()
+            self._presence(worker_id)
+            version = self._work_version
+            change = await self._read(lambda tx: _status_change_for(tx, worker_id))
+            remaining = deadline - time.monotonic()
+            if change is None or remaining <= 0:
+                return {"status_requested": change["status"] if change else "awake",
+                        "is_lazy": bool(change and change["is_lazy"])}
+            async with self._work_changed:
+                if version == self._work_version:
+                    try:
+                        async with asyncio.timeout(remaining):
+                            await self._work_changed.wait()
+                    except TimeoutError:
+                        pass
+
+    async def worker_status_changed(self, worker_id: str, status: str) -> None:
+        """The worker says it went to sleep or woke up."""
+        if status not in WORKER_REPORTED_STATUSES:
+            raise APIError(400, f"a worker may report itself {' or '.join(map(repr, WORKER_REPORTED_STATUSES))}, "
+                                f"not {status!r}")
+        presence = self._presence(worker_id)
+        presence.status = status
+        at = status_machine.now()
+        p = presence
+        await self._write(lambda tx: tx.emit(ev.WorkerUpdated(
+            worker_id=worker_id, name=p.profile.name, address=p.address, platform=p.platform,
+            software=p.software, status=status, supported_task_types=list(p.profile.supported_task_types), at=at,
+        )))
 
     # --- blocklist --------------------------------------------------------
 
@@ -828,6 +942,30 @@ def _keep_running_task(tx: Transaction, worker_id: str, name: str, task_id: str,
     status_machine.update_job_after_task_change(tx, row["job_id"], "active", at)
 
 
+def _any_idle(tx: Transaction, worker_ids: list[str]) -> bool:
+    """Whether one of these (signed-on, awake) workers holds no task."""
+    if not worker_ids:
+        return False
+    marks = ",".join("?" * len(worker_ids))
+    busy = {r[0] for r in tx.query(
+        f"SELECT DISTINCT worker_id FROM tasks WHERE status='active' AND worker_id IN ({marks})", tuple(worker_ids))}
+    return len(busy) < len(set(worker_ids))
+
+
+def _tasks_held_by(tx: Transaction, worker_id: str) -> list[str]:
+    """The active tasks assigned to a worker: the one it runs, and one it may have prefetched."""
+    return [r["id"] for r in tx.query(
+        "SELECT id FROM tasks WHERE worker_id=? AND status='active' ORDER BY started, id", (worker_id,))]
+
+
+def _status_change_for(tx: Transaction, worker_id: str) -> dict[str, Any] | None:
+    """The sleep request waiting for this worker, if any."""
+    row = tx.query_one("SELECT status_requested, lazy_status_request FROM workers WHERE id=?", (worker_id,))
+    if row is None or row["status_requested"] != "asleep":
+        return None
+    return {"status": "asleep", "is_lazy": bool(row["lazy_status_request"])}
+
+
 def _may_keep_running(tx: Transaction, worker_id: str, task_id: str) -> dict[str, Any]:
     row = tx.query_one(
         "SELECT t.status, t.worker_id, j.status AS job_status FROM tasks t JOIN jobs j ON j.id=t.job_id WHERE t.id=?",
@@ -967,7 +1105,16 @@ def _task_summary(r: Any) -> dict[str, Any]:
     worker = _task_worker(r)
     if worker:
         item["worker"] = worker
+    _add_run_times(item, r)
     return item
+
+
+def _add_run_times(item: dict[str, Any], r: Any) -> None:
+    """``started``/``finished`` of the task's current run (extensions to Flamenco's schema)."""
+    if r["started"]:
+        item["started"] = r["started"]
+        if r["finished"]:
+            item["finished"] = r["finished"]
 
 
 def _task_dict(tx: Transaction, task_id: str) -> dict[str, Any] | None:
@@ -988,6 +1135,7 @@ def _task_dict(tx: Transaction, task_id: str) -> dict[str, Any] | None:
         task["worker"] = worker
     if r["last_touched"]:
         task["last_touched"] = r["last_touched"]
+    _add_run_times(task, r)
     failed = tx.query(
         """SELECT f.worker_id, w.name, w.address FROM task_failures f LEFT JOIN workers w ON w.id=f.worker_id
            WHERE f.task_id=? ORDER BY f.at""", (task_id,))
@@ -1002,12 +1150,12 @@ def _task_dict(tx: Transaction, task_id: str) -> dict[str, Any] | None:
 
 def _assigned_task(tx: Transaction, task_id: str) -> dict[str, Any]:
     r = tx.query_one(
-        """SELECT t.*, j.priority AS job_priority, j.type AS job_type, j.name AS job_name, j.files AS job_files
+        """SELECT t.*, j.priority AS job_priority, j.type AS job_type, j.name AS job_name, j.files AS job_files,
+                  EXISTS (SELECT 1 FROM task_dependencies d WHERE d.task_id = t.id) AS has_dependencies
            FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id=?""", (task_id,))
-    has_dependencies = tx.query_one("SELECT 1 FROM task_dependencies WHERE task_id=? LIMIT 1", (task_id,)) is not None
     return {
         "job_files": json.loads(r["job_files"]) if r["job_files"] else None,
-        "has_dependencies": has_dependencies,
+        "has_dependencies": bool(r["has_dependencies"]),
         "uuid": r["id"], "job": r["job_id"], "name": r["name"], "status": r["status"],
         "priority": r["priority"], "job_priority": r["job_priority"], "job_type": r["job_type"],
         "task_type": r["type"], "commands": json.loads(r["commands"]),

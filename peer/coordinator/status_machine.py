@@ -88,6 +88,20 @@ def _task_counts(tx: Transaction, job_id: str) -> dict[str, int]:
     return {r["status"]: r["n"] for r in rows}
 
 
+def _has_unfinished_task(tx: Transaction, job_id: str) -> bool:
+    """Whether any task of the job is not completed: two seeks into the
+    ``tasks_pick`` index (job_id, status, ...) on either side of 'completed',
+    where a recount would read every task of the job."""
+    return tx.query_one(
+        """SELECT 1 FROM tasks WHERE job_id=?1 AND status < 'completed'
+           UNION ALL SELECT 1 FROM tasks WHERE job_id=?1 AND status > 'completed' LIMIT 1""", (job_id,)
+    ) is not None
+
+
+def _has_task_with_status(tx: Transaction, job_id: str, status: str) -> bool:
+    return tx.query_one("SELECT 1 FROM tasks WHERE job_id=? AND status=? LIMIT 1", (job_id, status)) is not None
+
+
 def _emit_job_status(tx: Transaction, job_id: str, status: str, activity: str, at: str) -> None:
     previous = _job_status(tx, job_id)
     tx.emit(ev.JobStatusChanged(job_id=job_id, status=status, activity=activity, at=at))
@@ -128,17 +142,20 @@ def update_job_after_task_change(tx: Transaction, job_id: str, task_status: str,
             _emit_job_status(tx, job_id, "active", "", at)
         return
 
-    counts = _task_counts(tx, job_id)  # after the cheap case: this runs once per finished task
-    total = sum(counts.values())
-
     if task_status == "completed":
-        if counts.get("completed", 0) == total:
+        # The common case of every finished task: index probes, not a recount
+        # of the whole job (which costs time in proportion to its size).
+        if not _has_unfinished_task(tx, job_id):
             _emit_job_status(tx, job_id, "completed", "All tasks completed", at)
-        elif _maybe_finish_pause(tx, job_id, job_status, counts, at):
+        elif job_status == "pause-requested" and _maybe_finish_pause(
+                tx, job_id, job_status, _has_task_with_status(tx, job_id, "active"), at):
             pass
         elif job_status == "queued":
             _emit_job_status(tx, job_id, "active", "", at)
         return
+
+    counts = _task_counts(tx, job_id)
+    total = sum(counts.values())
 
     if task_status == "failed":
         failed = counts.get("failed", 0)
@@ -149,7 +166,7 @@ def update_job_after_task_change(tx: Transaction, job_id: str, task_status: str,
                     tx, job_id, "failed",
                     f"{failed} of {total} tasks failed ({percentage}% or more)", at,
                 )
-        elif _maybe_finish_pause(tx, job_id, job_status, counts, at):
+        elif _maybe_finish_pause(tx, job_id, job_status, counts.get("active", 0) > 0, at):
             pass
         elif job_status == "queued":
             _emit_job_status(tx, job_id, "active", "", at)
@@ -160,11 +177,11 @@ def update_job_after_task_change(tx: Transaction, job_id: str, task_status: str,
             if job_status not in ("canceled", "failed", "completed"):
                 _emit_job_status(tx, job_id, "canceled", "All tasks were canceled", at)
         else:
-            _maybe_finish_pause(tx, job_id, job_status, counts, at)
+            _maybe_finish_pause(tx, job_id, job_status, counts.get("active", 0) > 0, at)
         return
 
     if task_status == "paused":
-        _maybe_finish_pause(tx, job_id, job_status, counts, at)
+        _maybe_finish_pause(tx, job_id, job_status, counts.get("active", 0) > 0, at)
         return
 
     if task_status == "queued":
@@ -174,8 +191,8 @@ def update_job_after_task_change(tx: Transaction, job_id: str, task_status: str,
         return
 
 
-def _maybe_finish_pause(tx: Transaction, job_id: str, job_status: str, counts: dict[str, int], at: str) -> bool:
-    if job_status == "pause-requested" and counts.get("active", 0) == 0:
+def _maybe_finish_pause(tx: Transaction, job_id: str, job_status: str, any_active: bool, at: str) -> bool:
+    if job_status == "pause-requested" and not any_active:
         _emit_job_status(tx, job_id, "paused", "All active tasks finished; job paused", at)
         return True
     return False

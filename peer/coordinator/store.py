@@ -18,12 +18,13 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from . import events as ev
+from .dbthread import GroupDone, Outcome
 from .tasklogs import TaskLogs
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Term = tuple[int, str]  # (epoch, leader peer id)
 NO_TERM: Term = (0, "")
@@ -101,6 +102,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created             TEXT NOT NULL,
     updated             TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);
 CREATE TABLE IF NOT EXISTS tasks (
     id               TEXT PRIMARY KEY,
     job_id           TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -115,12 +117,18 @@ CREATE TABLE IF NOT EXISTS tasks (
     steps_total      INTEGER NOT NULL,
     worker_id        TEXT NOT NULL DEFAULT '',
     last_touched     TEXT NOT NULL DEFAULT '',
+    -- When the current run began (assigned) and ended: the dashboard's duration.
+    started          TEXT NOT NULL DEFAULT '',
+    finished         TEXT NOT NULL DEFAULT '',
     created          TEXT NOT NULL,
     updated          TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status);
 CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks(job_id, index_in_job);
 CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks(worker_id);
+-- A worker's active tasks, asked on every claim: without status in the index,
+-- the lookup reads the worker's whole history.
+CREATE INDEX IF NOT EXISTS tasks_by_worker_status ON tasks(worker_id, status);
 -- The scheduler's per-job lookup of the next runnable task (scheduler.pick_task).
 CREATE INDEX IF NOT EXISTS tasks_pick ON tasks(job_id, status, priority DESC, index_in_job);
 CREATE TABLE IF NOT EXISTS task_dependencies (
@@ -175,6 +183,10 @@ CREATE TABLE IF NOT EXISTS workers (
     software              TEXT NOT NULL,
     status                TEXT NOT NULL,
     supported_task_types  TEXT NOT NULL,
+    -- What a person asked this worker to be ("asleep"/"awake"; '' for nothing).
+    -- It stays until changed, so a restarted worker is told again.
+    status_requested      TEXT NOT NULL DEFAULT '',
+    lazy_status_request   INTEGER NOT NULL DEFAULT 0,
     updated               TEXT NOT NULL
 );
 """
@@ -216,11 +228,34 @@ class Transaction:
         self.last_index = int(cur.lastrowid or 0)
         self.emitted.append(event)
 
+    def _append_replicated(self, entries: list[LogEntry]) -> None:
+        """Apply entries decided elsewhere, in order, then log them in one statement."""
+        for entry in entries:
+            event = ev.from_wire(entry.body)
+            _APPLY[type(event)](self.conn, event)
+            self.emitted.append(event)
+        self.conn.executemany(
+            "INSERT INTO events (idx, at, kind, body, epoch, leader) VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.idx, e.at, e.kind, e.body, e.epoch, e.leader) for e in entries],
+        )
+        if entries:
+            self.last_index = entries[-1].idx
+
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()
 
     def query_one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
         return self.conn.execute(sql, params).fetchone()
+
+
+@dataclass(frozen=True)
+class GroupedWrite:
+    """One write of a group commit (``JobStore.transaction_group``): ``fn``
+    runs as a transaction of ``term``; ``durable`` as for ``JobStore.transaction``."""
+
+    fn: Callable[[Transaction], Any]
+    term: Term = NO_TERM
+    durable: bool = True
 
 
 class JobStore:
@@ -250,8 +285,12 @@ class JobStore:
                 f"{self.path} was written by a newer Flamenco Peer (schema {row[0]}, "
                 f"this one understands {SCHEMA_VERSION}); upgrade flamenco-peer or use another --data-dir"
             )
-        if "files" not in {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}:
-            conn.execute("ALTER TABLE jobs ADD COLUMN files TEXT NOT NULL DEFAULT ''")
+        _add_missing_columns(conn, {
+            "jobs": ["files TEXT NOT NULL DEFAULT ''"],
+            "tasks": ["started TEXT NOT NULL DEFAULT ''", "finished TEXT NOT NULL DEFAULT ''"],
+            "workers": ["status_requested TEXT NOT NULL DEFAULT ''",
+                        "lazy_status_request INTEGER NOT NULL DEFAULT 0"],
+        })
         columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
         if "epoch" not in columns:  # schema 1: events had no term yet
             conn.execute("ALTER TABLE events ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
@@ -305,6 +344,70 @@ class JobStore:
             conn.execute("COMMIT")
         self._write_log_files(tx, log_paths)
 
+    def transaction_group(self, writes: Sequence[GroupedWrite]) -> GroupDone:
+        """Several writes in one SQLite transaction: group commit (see ``dbthread``).
+
+        They run in order, each seeing what the ones before it wrote, each in
+        its own SAVEPOINT: one that raises is rolled back alone and gets its
+        exception; the others commit together, with one COMMIT (and one fsync
+        if any of them is durable). Each gets ``(its result, its Transaction)``.
+        Their task-log files are written after the callers have their answers
+        (``GroupDone.then``): the event log is the truth, the files its copy.
+        """
+        conn = self.conn
+        durable = any(w.durable for w in writes)
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._group(conn, writes)
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous=FULL")
+
+    def _group(self, conn: sqlite3.Connection, writes: Sequence[GroupedWrite]) -> GroupDone:
+        outcomes: list[Outcome[tuple[Any, Transaction]] | None] = [None] * len(writes)
+        landed: list[tuple[Transaction, dict[str, Path]]] = []
+        alone = len(writes) == 1  # nothing to keep apart: no savepoint needed
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for i, write in enumerate(writes):
+                tx = Transaction(conn, write.term)
+                if not alone:
+                    conn.execute("SAVEPOINT write")
+                try:
+                    result = write.fn(tx)
+                    tx.flush_task_logs()
+                    paths = self._index_task_logs(tx)
+                except BaseException as exc:
+                    outcomes[i] = Outcome(error=exc)
+                    if alone or not conn.in_transaction:  # (SQLite itself gave up the transaction)
+                        raise
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                else:
+                    if not alone:
+                        conn.execute("RELEASE write")
+                    outcomes[i] = Outcome(value=(result, tx))
+                    landed.append((tx, paths))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            # Nothing of the group landed: each write fails, with its own error if it had one.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return GroupDone([o if o is not None and o.error is not None else Outcome(error=exc) for o in outcomes])
+
+        def write_log_files() -> None:
+            failed: Exception | None = None
+            for tx, paths in landed:  # one write's failing files must not stop the others'
+                try:
+                    self._write_log_files(tx, paths)
+                except Exception as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
+
+        return GroupDone([o for o in outcomes if o is not None], write_log_files if landed else None)
+
     def _index_task_logs(self, tx: Transaction) -> dict[str, Path]:
         """Record (once) where each logged task's file lives; task id -> path."""
         paths: dict[str, Path] = {}
@@ -350,16 +453,18 @@ class JobStore:
             for entry in entries:
                 if entry.idx != expected:
                     raise StoreError(f"replicated entry {entry.idx} does not follow local entry {expected - 1}")
-                tx._append(ev.from_wire(entry.body), entry.body, idx=entry.idx, term=entry.term)
                 expected += 1
+            tx._append_replicated(entries)
         return tx.emitted
 
     def entries_since(self, idx: int, limit: int = 1000) -> list[LogEntry]:
-        rows = self.conn.execute(
+        cursor = self.conn.cursor()
+        cursor.row_factory = None  # plain tuples, in LogEntry's order: a follower pulls after every commit
+        rows = cursor.execute(
             "SELECT idx, epoch, leader, at, kind, body FROM events WHERE idx > ? ORDER BY idx LIMIT ?",
             (idx, limit),
         ).fetchall()
-        return [LogEntry(r["idx"], r["epoch"], r["leader"], r["at"], r["kind"], bytes(r["body"])) for r in rows]
+        return [LogEntry(*row) for row in rows]
 
     def events_since(self, idx: int, limit: int = 1000) -> list[tuple[int, ev.Event]]:
         return [(e.idx, ev.from_wire(e.body)) for e in self.entries_since(idx, limit)]
@@ -433,6 +538,15 @@ class JobStore:
         return suffix
 
 
+def _add_missing_columns(conn: sqlite3.Connection, wanted: dict[str, list[str]]) -> None:
+    """Bring a store written by an older version up to this schema (columns only ever get added)."""
+    for table, columns in wanted.items():
+        present = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column.split()[0] not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
 class _NullLogs(TaskLogs):
     def __init__(self) -> None:
         super().__init__(Path(os.devnull))
@@ -500,13 +614,18 @@ def _apply_tasks_status(conn: sqlite3.Connection, e: ev.TasksStatusChanged) -> N
         return
     marks = ",".join("?" * len(e.task_ids))
     extra = ""
-    if e.status == "completed":
-        extra = ", steps_completed=steps_total"
-    elif e.status == "queued":
-        extra = ", steps_completed=0, worker_id=''"
+    params: tuple[Any, ...] = ()
+    if e.status == "queued":
+        extra = ", steps_completed=0, worker_id='', started='', finished=''"
+    elif e.status != "active":
+        if e.status == "completed":
+            extra = ", steps_completed=steps_total"
+        # A run ends when its task leaves 'active' (the SET sees the old status).
+        extra += ", finished=CASE WHEN status='active' THEN ? ELSE finished END"
+        params = (e.at,)
     conn.execute(
         f"UPDATE tasks SET status=?, activity=?, updated=?{extra} WHERE id IN ({marks})",
-        (e.status, e.activity, e.at, *e.task_ids),
+        (e.status, e.activity, e.at, *params, *e.task_ids),
     )
     conn.execute(
         f"""UPDATE jobs SET updated=? WHERE id IN (SELECT DISTINCT job_id FROM tasks WHERE id IN ({marks}))""",
@@ -516,9 +635,9 @@ def _apply_tasks_status(conn: sqlite3.Connection, e: ev.TasksStatusChanged) -> N
 
 def _apply_task_assigned(conn: sqlite3.Connection, e: ev.TaskAssigned) -> None:
     conn.execute(
-        """UPDATE tasks SET status='active', worker_id=?, last_touched=?, updated=?,
+        """UPDATE tasks SET status='active', worker_id=?, last_touched=?, updated=?, started=?, finished='',
                             activity='Assigned to worker' WHERE id=?""",
-        (e.worker_id, e.at, e.at, e.task_id),
+        (e.worker_id, e.at, e.at, e.at, e.task_id),
     )
 
 
@@ -585,6 +704,13 @@ def _apply_job_type_withdrawn(conn: sqlite3.Connection, e: ev.JobTypeWithdrawn) 
     conn.execute("DELETE FROM shared_job_types WHERE name=? AND publisher_id=?", (e.name, e.publisher_id))
 
 
+def _apply_worker_status_requested(conn: sqlite3.Connection, e: ev.WorkerStatusRequested) -> None:
+    conn.execute(
+        "UPDATE workers SET status_requested=?, lazy_status_request=?, updated=? WHERE id=?",
+        (e.status, int(e.is_lazy), e.at, e.worker_id),
+    )
+
+
 def _apply_worker_updated(conn: sqlite3.Connection, e: ev.WorkerUpdated) -> None:
     conn.execute(
         """INSERT INTO workers (id, name, address, platform, software, status, supported_task_types, updated)
@@ -610,6 +736,7 @@ _APPLY: dict[type, Callable[[sqlite3.Connection, Any], None]] = {
     ev.TaskFailureRecorded: _apply_task_failure,
     ev.TaskFailuresCleared: _apply_failures_cleared,
     ev.WorkerUpdated: _apply_worker_updated,
+    ev.WorkerStatusRequested: _apply_worker_status_requested,
     ev.TaskLogged: _apply_nothing,
     ev.WorkerUpdateApplied: _apply_update_mark,
     ev.WorkerBlocklisted: _apply_blocklisted,

@@ -44,7 +44,7 @@ import msgpack
 from .checkout import build_checkout
 from .manifest import Manifest
 from .names import safe_join
-from .outputs import OutputShipper
+from .outputs import OutputRefused, OutputShipper, check_job_id
 from .packing import PackError, pack
 from .store import ContentStore
 from .thumbnails import make_thumbnail, post_last_rendered
@@ -57,6 +57,8 @@ JOB_FILES_KEY = "x_peer_files"  # the same key the coordinator accepts in a Subm
 COMMANDS_READING_OUTPUTS = frozenset({"frames-to-video"})
 # How long a finished task waits for its outputs to reach a reachable owner.
 DELIVERY_WAIT_S = 120.0
+# Thumbnails are a nicety: a coordinator that does not take one within this is skipped.
+THUMBNAIL_POST_TIMEOUT_S = 5.0
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
@@ -159,9 +161,24 @@ class WorkerJobFiles:
         self.peer_urls = peer_urls
         self.coordinator_url = coordinator_url
         self.ffmpeg = ffmpeg
+        self._thumbnail: asyncio.Task[None] | None = None
 
     def _staging(self, job_id: str) -> Path:
         return self.data_dir / "job-outputs" / job_id
+
+    async def prefetch(self, task: dict[str, Any]) -> int:
+        """Bring a task's files into the store ahead of time (the worker runs
+        another task meanwhile); ``before_task`` then finds them here. Returns
+        the bytes fetched."""
+        files = JobFiles.from_task(task)
+        if files is None or files.owner_peer_id == self.peer_id:
+            return 0
+        owner_url = self.peer_url(files.owner_peer_id)
+        sources = [u for u in [owner_url, *self.peer_urls()] if u]
+        report = await Fetcher(self.store, self.session, sources, owner=owner_url).fetch(files.manifest.refs())
+        # Pinned now, so that a collection before the task starts cannot remove them.
+        self.store.pin(f"job:{task['job']}", files.manifest.refs())
+        return report.bytes_received
 
     async def before_task(self, task: dict[str, Any]) -> PreparedTask:
         commands = task["commands"]
@@ -185,32 +202,60 @@ class WorkerJobFiles:
         # rendered: bring the owner's outputs so far. Independent tasks (frames,
         # tiles) skip this, or every frame would download all earlier frames.
         reads_outputs = task.get("has_dependencies") or any(c.get("name") in COMMANDS_READING_OUTPUTS for c in commands)
-        if reads_outputs and owner_url and files.output_root:
+        if reads_outputs and files.output_root:
             await self._fetch_outputs(owner_url, job_id, staging)
         return PreparedTask(rewritten, staging if files.output_root else None, time.time())
 
-    async def _fetch_outputs(self, owner_url: str, job_id: str, staging: Path) -> None:
-        """Bring the owner's outputs so far (other workers' frames) into the staging folder."""
-        base = f"{owner_url.rstrip('/')}/peer/v1/files/outputs/{job_id}"
-        async with self.session.get(f"{base}/list", timeout=aiohttp.ClientTimeout(total=30)) as resp:
-            if resp.status != 200:
-                log.warning("cannot list the outputs of job %s at its owner (HTTP %s)", job_id, resp.status)
-                return
-            listing = msgpack.unpackb(await resp.read(), raw=False).get("files", [])
-        for rel, size in listing:
+    async def _fetch_outputs(self, owner_url: str | None, job_id: str, staging: Path) -> None:
+        """Bring the job's outputs so far (other workers' frames) into the staging folder:
+        from the owner, and from the workers that rendered them, which keep their
+        copies; so a preview video is whole even while the owner is away."""
+        sources = [u for u in dict.fromkeys([owner_url, *self.peer_urls()]) if u]
+        wanted: dict[str, tuple[int, str]] = {}  # rel -> (size, base URL serving it)
+        for source in sources:
+            base = f"{source.rstrip('/')}/peer/v1/files/outputs/{job_id}"
+            listing = await self._list_outputs(base)
+            for rel, size in listing:
+                if rel not in wanted:  # the owner first: its copies are the delivered ones
+                    wanted[rel] = (size, base)
+        for rel, (size, base) in wanted.items():
             target = safe_join(staging, rel)
             if target.is_file() and target.stat().st_size == size:
                 continue
-            async with self.session.get(f"{base}/file", params={"path": rel},
-                                        timeout=aiohttp.ClientTimeout(total=300)) as resp:
-                if resp.status != 200:
-                    continue
-                data = await resp.read()
+            try:
+                async with self.session.get(f"{base}/file", params={"path": rel},
+                                            timeout=aiohttp.ClientTimeout(total=300, sock_connect=3, sock_read=30)
+                                            ) as resp:
+                    if resp.status != 200:
+                        continue
+                    data = await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("output %s of job %s could not be fetched from %s: %s", rel, job_id, base, exc)
+                continue
             await asyncio.to_thread(_write_atomically, target, data)
 
-    async def after_task(self, task: dict[str, Any], prepared: PreparedTask) -> int:
-        """Queue what the task produced for the owner; send a thumbnail of its last image."""
+    async def _list_outputs(self, base: str) -> list[tuple[str, int]]:
+        try:
+            async with self.session.get(f"{base}/list",
+                                        timeout=aiohttp.ClientTimeout(total=30, sock_connect=3, sock_read=10)) as resp:
+                if resp.status != 200:
+                    return []  # not the owner, and no outputs of this job there
+                listing = msgpack.unpackb(await resp.read(), raw=False).get("files", [])
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.info("cannot list outputs at %s: %s", base, exc)
+            return []
+        return [(str(rel), int(size)) for rel, size in listing]
+
+    async def after_task(self, task: dict[str, Any], prepared: PreparedTask, reported: list[str] | None = None) -> int:
+        """Queue what the task produced for the owner; send a thumbnail of its last image.
+
+        ``reported``: the files the task's commands said they saved (Blender's
+        ``Saved:`` lines); the thumbnail's source when the outputs stay where
+        they are (no files travelled: a local job or shared storage)."""
         if prepared.staging is None:
+            images = [Path(p) for p in reported or () if Path(p).suffix.lower() in _IMAGE_SUFFIXES]
+            if images:
+                await self._send_thumbnail(task["job"], images[-1])
             return 0
         files = JobFiles.from_task(task)
         assert files is not None
@@ -229,14 +274,43 @@ class WorkerJobFiles:
             except TimeoutError:
                 log.info("outputs of job %s still on their way to its owner", task["job"])
         images = [p for p in produced if p.suffix.lower() in _IMAGE_SUFFIXES]
-        coordinator = self.coordinator_url()
-        if images and coordinator:
-            try:
-                jpeg = await make_thumbnail(images[-1], ffmpeg=self.ffmpeg)
-                await post_last_rendered(self.session, coordinator, task["job"], jpeg)
-            except Exception as exc:  # a missing thumbnail must never fail the task
-                log.info("no thumbnail for job %s: %s", task["job"], exc)
+        if images:
+            await self._send_thumbnail(task["job"], images[-1])
         return len(produced)
+
+    async def _send_thumbnail(self, job_id: str, image: Path) -> None:
+        """The dashboard's "last rendered" image of the job, to the coordinator, in
+        the background: a coordinator that was just cut off must not hold up the
+        task's report (the next frame brings a newer image anyway)."""
+        if self._thumbnail is not None and not self._thumbnail.done():
+            return  # one at a time; a worker renders faster than thumbnails matter
+
+        async def send() -> None:
+            coordinator = self.coordinator_url()
+            if not coordinator:
+                return
+            try:
+                jpeg = await make_thumbnail(image, ffmpeg=self.ffmpeg)
+                await post_last_rendered(self.session, coordinator, job_id, jpeg, timeout_s=THUMBNAIL_POST_TIMEOUT_S)
+            except Exception as exc:  # a missing thumbnail must never fail anything
+                log.info("no thumbnail for job %s: %s", job_id, exc)
+
+        self._thumbnail = asyncio.create_task(send(), name=f"thumbnail-{job_id}")
+
+    async def close(self) -> None:
+        """Stop a thumbnail still on its way (the worker is leaving)."""
+        if self._thumbnail is not None and not self._thumbnail.done():
+            self._thumbnail.cancel()
+            await asyncio.gather(self._thumbnail, return_exceptions=True)
+
+
+def worker_outputs_folder(data_dir: Path, job_id: str) -> Path | None:
+    """Where a worker keeps its outputs of another peer's job; None when it has none."""
+    try:
+        folder = data_dir / "job-outputs" / check_job_id(job_id)
+    except OutputRefused:
+        return None
+    return folder if folder.is_dir() else None
 
 
 def _files_newer_than(folder: Path, since: float) -> list[Path]:

@@ -236,7 +236,7 @@ class OutputShipper:
         self, outbox_dir: Path, session: aiohttp.ClientSession, *,
         resolve_owner: Callable[[str], str | None] | None = None,
         chunk_size: int = DEFAULT_CHUNK, min_retry_s: float = 1.0, max_retry_s: float = 30.0,
-        request_timeout_s: float = 60.0,
+        request_timeout_s: float = 60.0, connect_timeout_s: float = 3.0, read_timeout_s: float = 15.0,
     ) -> None:
         self.outbox_dir = Path(outbox_dir)
         self.items_dir = self.outbox_dir / "items"
@@ -250,6 +250,10 @@ class OutputShipper:
         self.min_retry_s = min_retry_s
         self.max_retry_s = max_retry_s
         self.request_timeout_s = request_timeout_s
+        # An owner cut off mid-connection never answers: notice in seconds, not
+        # at the end of the whole request's time.
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pass_lock = asyncio.Lock()
@@ -370,7 +374,8 @@ class OutputShipper:
             async with self.session.request(
                 method, url, params=params, data=data,
                 headers={"Content-Type": "application/octet-stream"} if data is not None else None,
-                timeout=aiohttp.ClientTimeout(total=self.request_timeout_s),
+                timeout=aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=self.connect_timeout_s,
+                                              sock_read=self.read_timeout_s),
             ) as resp:
                 raw = await resp.read()
                 try:

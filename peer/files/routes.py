@@ -2,7 +2,8 @@
 
     GET  /peer/v1/files/blob/{sha256}/{size}       a blob's bytes; HTTP Range for resuming
     POST /peer/v1/files/have                       msgpack {blobs: [[sha, size], ...]}
-                                                   -> {have: [[sha, size], ...], load, max_uploads}
+                                                   -> {have: [[sha, size], ...], load, max_uploads,
+                                                       receiving: [[sha, size, bytes so far], ...], store}
     GET  /peer/v1/files/outputs/{job_id}?path&size&sha256          -> {offset, complete}
     PUT  /peer/v1/files/outputs/{job_id}?path&size&sha256&offset   body: bytes from offset
     GET  /peer/v1/files/outputs/{job_id}/list      -> {files: [[path, size], ...]} (the owner's outputs so far)
@@ -14,6 +15,15 @@ Other computers reach these only with a farm signature (the peer's auth
 middleware). Errors are msgpack ``{code, message}`` maps, like the rest of
 the peer protocol. A peer serving as many uploads as ``ServeLimits`` allow
 answers 503 with ``Retry-After``: the fetcher then tries a less busy peer.
+
+A peer serves a blob it is still downloading, too (``receiving`` in the
+``have`` answer): the response streams the bytes written so far and then
+follows the download as it grows, so a big file flows through a chain of
+peers at once instead of in rounds of whole copies. If that download stops
+short, the response is cut and the fetcher resumes from another source.
+Those bytes are unverified at this point; every fetcher checks the whole
+blob's SHA-256 before it keeps it. ``store`` identifies the store, so a
+fetcher never picks its own peer as a source.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from aiohttp import web
 
 from .names import UnsafePath, safe_join
 from .outputs import INCOMING, MAX_CHUNK, OutputReceiver, OutputRefused, OutputRootResolver, check_job_id
-from .store import BadBlobRef, BlobRef, ContentStore
+from .store import BadBlobRef, BlobRef, ContentStore, PartialBlob
 from .thumbnails import MAX_THUMBNAIL_BYTES, LastRenderedStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,9 @@ PREFIX = "/peer/v1/files"
 MSGPACK = "application/msgpack"
 MAX_HAVE_BLOBS = 100_000
 MAX_LISTED_OUTPUTS = 100_000
+# How often a response that follows a growing download looks for new bytes.
+FOLLOW_POLL_MIN_S = 0.002
+FOLLOW_POLL_MAX_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -56,8 +69,10 @@ class FilesServer:
 
     def __init__(self, store: ContentStore, *, resolve_output_root: OutputRootResolver | None,
                  job_files_root: Path | None, on_last_rendered: LastRenderedCallback | None = None,
-                 limits: ServeLimits = ServeLimits()) -> None:
+                 limits: ServeLimits = ServeLimits(),
+                 resolve_worker_outputs: OutputRootResolver | None = None) -> None:
         self.store = store
+        self.resolve_worker_outputs = resolve_worker_outputs
         self.limits = limits
         self.receiver = OutputReceiver(resolve_output_root) if resolve_output_root is not None else None
         self.last_rendered = LastRenderedStore(job_files_root) if job_files_root is not None else None
@@ -99,8 +114,11 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         ref = BlobRef(request.match_info["sha256"], int(request.match_info["size"]))
     except (BadBlobRef, ValueError) as exc:
         return _error(400, f"bad blob address: {exc}")
+    growing: PartialBlob | None = None
     if not await asyncio.to_thread(server.store.has, ref):
-        return _error(404, f"this peer does not have blob {ref.short}; ask another peer")
+        growing = server.store.receiving(ref)
+        if growing is None:
+            return _error(404, f"this peer does not have blob {ref.short}; ask another peer")
     limits = server.limits
     if server.uploads >= limits.max_uploads or server.uploads_by_blob[ref] >= limits.max_uploads_per_blob:
         return _error(503, f"this peer is serving {server.uploads} downloads; fetch from a less busy peer or retry",
@@ -108,16 +126,105 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     server.uploads += 1
     server.uploads_by_blob[ref] += 1
     try:
-        path = await asyncio.to_thread(server.store.path_of, ref)
-        response = _BlobResponse(path, chunk_size=1 << 20, headers={"Content-Type": "application/octet-stream"})
-        await response.prepare(request)  # sends the file (sendfile where possible), honouring Range
-        server.served_bytes += response.content_length or 0
-        return response
+        if growing is not None:
+            return await _send_growing(request, server, growing)
+        return await _send_stored(request, server, ref)
     finally:
         server.uploads -= 1
         server.uploads_by_blob[ref] -= 1
         if server.uploads_by_blob[ref] <= 0:
             del server.uploads_by_blob[ref]
+
+
+async def _send_stored(request: web.Request, server: FilesServer, ref: BlobRef) -> web.StreamResponse:
+    path = await asyncio.to_thread(server.store.path_of, ref)
+    response = _BlobResponse(path, chunk_size=1 << 20, headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)  # sends the file (sendfile where possible), honouring Range
+    server.served_bytes += response.content_length or 0
+    return response
+
+
+def _requested_span(range_header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end)`` (end exclusive) of a ``Range: bytes=a-`` or ``bytes=a-b`` header; None if unusable."""
+    if range_header is None:
+        return 0, size
+    unit, _, spec = range_header.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or not first.isdigit() or "," in spec:
+        return None  # suffix or multiple ranges: the fetcher never asks for those
+    start = int(first)
+    end = min(int(last) + 1, size) if last.isdigit() else size
+    if last and not last.isdigit() or start >= end:
+        return None
+    return start, end
+
+
+async def _send_growing(request: web.Request, server: FilesServer, growing: PartialBlob) -> web.StreamResponse:
+    """Stream a blob this peer is still downloading: what is written, then the rest as it arrives."""
+    ref = growing.ref
+    span = _requested_span(request.headers.get("Range"), ref.size)
+    if span is None:
+        return _error(416, f"blob {ref.short}: send Range as bytes=START- or bytes=START-END within its size",
+                      headers={"Content-Range": f"bytes */{ref.size}"})
+    start, end = span
+    generation = growing.generation
+    try:
+        file = await asyncio.to_thread(open, growing.path, "rb")
+    except FileNotFoundError:
+        # Stored (renamed) or thrown away between our checks.
+        if await asyncio.to_thread(server.store.has, ref):
+            return await _send_stored(request, server, ref)
+        return _error(404, f"this peer does not have blob {ref.short}; ask another peer")
+    try:
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        if "Range" in request.headers:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{ref.size}"
+        response = web.StreamResponse(status=206 if "Range" in request.headers else 200, headers=headers)
+        response.content_length = end - start
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        sent = await _follow(request, server, growing, generation, file, start, end)
+    finally:
+        await asyncio.to_thread(file.close)
+    if sent < end:
+        # The download stopped short or its bytes were dropped: cut the response, so the
+        # fetcher keeps what it got and resumes from another source.
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _follow(request: web.Request, server: FilesServer, growing: PartialBlob, generation: int,
+                  file: Any, start: int, end: int) -> int:
+    """Send ``file[start:end]`` as the download writes it; returns where sending stopped."""
+    loop = asyncio.get_running_loop()
+    sent = start
+    pause = FOLLOW_POLL_MIN_S
+    while sent < end:
+        if growing.generation != generation:
+            break  # bytes already sent may no longer be the file's
+        state = growing.state
+        available = end if state == PartialBlob.STORED else min(growing.offset, end)
+        if available > sent:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            wanted = available - sent
+            count = await loop.sendfile(transport, file, sent, wanted)
+            server.served_bytes += count
+            sent += count
+            if count < wanted:
+                break  # the file is shorter than its download said: it started over
+            pause = FOLLOW_POLL_MIN_S
+        elif state != PartialBlob.RECEIVING:
+            break
+        else:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, FOLLOW_POLL_MAX_S)
+    return sent
 
 
 async def have(request: web.Request) -> web.Response:
@@ -135,8 +242,14 @@ async def have(request: web.Request) -> web.Response:
         refs = [BlobRef.parse(item) for item in blobs]
     except BadBlobRef as exc:
         return _error(400, str(exc))
-    held = await asyncio.to_thread(lambda: [r.to_wire() for r in refs if server.store.has(r)])
-    return _pack({"have": held, "load": server.uploads, "max_uploads": server.limits.max_uploads})
+    store = server.store
+    held = await asyncio.to_thread(lambda: [r for r in refs if store.has(r)])
+    held_set = set(held)
+    receiving = store.receiving_offsets(r for r in refs if r not in held_set)
+    return _pack({
+        "have": [r.to_wire() for r in held], "load": server.uploads, "max_uploads": server.limits.max_uploads,
+        "receiving": [[r.sha256, r.size, offset] for r, offset in receiving.items()], "store": store.store_id,
+    })
 
 
 def _int_param(request: web.Request, name: str) -> int | None:
@@ -201,15 +314,29 @@ def _list_outputs(root: Path) -> list[list[object]]:
     return found
 
 
+async def _readable_root(request: web.Request) -> Path | web.Response:
+    """The owner's outputs of a job; on a worker, the outputs it rendered for a job
+    of another peer (so a task that reads earlier frames finds them while the
+    owner is away)."""
+    owned = await _owned_root(request)
+    server = _server(request)
+    if not isinstance(owned, web.Response) or server.resolve_worker_outputs is None:
+        return owned
+    found = server.resolve_worker_outputs(check_job_id(request.match_info["job_id"]))
+    if inspect.isawaitable(found):
+        found = await found
+    return found if found is not None else owned
+
+
 async def output_list(request: web.Request) -> web.Response:
-    root = await _owned_root(request)
+    root = await _readable_root(request)
     if isinstance(root, web.Response):
         return root
     return _pack({"files": await asyncio.to_thread(_list_outputs, root)})
 
 
 async def output_file(request: web.Request) -> web.StreamResponse:
-    root = await _owned_root(request)
+    root = await _readable_root(request)
     if isinstance(root, web.Response):
         return root
     try:
@@ -246,6 +373,7 @@ def add_routes(
     job_files_root: Path | None = None,
     on_last_rendered: LastRenderedCallback | None = None,
     limits: ServeLimits = ServeLimits(),
+    resolve_worker_outputs: OutputRootResolver | None = None,
 ) -> FilesServer:
     """Serve ``store`` and receive outputs and thumbnails on ``app``; returns the server state.
 
@@ -253,10 +381,12 @@ def add_routes(
     outputs go on this peer, or None for a job it does not own; without it the
     outputs routes answer 404. ``job_files_root``: where last-rendered images
     go (the folder ``/job-files/`` serves); ``on_last_rendered(job_id, path)`` runs
-    after one was stored.
+    after one was stored. ``resolve_worker_outputs(job_id)``: where this peer, as a
+    worker, keeps its outputs of another peer's job (listed and served, never written).
     """
     server = FilesServer(store, resolve_output_root=resolve_output_root, job_files_root=job_files_root,
-                         on_last_rendered=on_last_rendered, limits=limits)
+                         on_last_rendered=on_last_rendered, limits=limits,
+                         resolve_worker_outputs=resolve_worker_outputs)
     app[FILES_KEY] = server
     app.router.add_get(PREFIX + r"/blob/{sha256}/{size}", get_blob)
     app.router.add_post(PREFIX + "/have", have)

@@ -10,33 +10,105 @@ the artist's computer. A source at its upload limit answers 503; the blob is
 tried again on the next round, when more peers may have it (so a popular blob
 spreads like a tree instead of leaving the owner's uplink once per worker).
 
+A peer serves a blob it is still downloading, too (``receiving`` in its
+``have`` answer, with the bytes it has so far): such a source is taken when it
+is ahead of this peer, and its response follows its own download as it grows.
+So when the owner is busy, the next workers fetch from the first ones at the
+same time instead of waiting for whole copies, and a big file flows down a
+tree of peers at once. A source that is behind is never taken, so two peers
+never wait on each other; a source whose answer names this peer's own store
+is never taken at all.
+
 A cut download leaves a partial file; the next attempt, from any source,
 continues with an HTTP ``Range`` request. Every blob is verified (size and
 SHA-256) before it enters the store; a blob that fails is thrown away, that
-source is not asked for it again, and another source is tried.
+source is not asked for it again, and another source is tried. (When the
+failed download had continued a partial file, the bad bytes may be the
+earlier source's: the blob is fetched again from the start, blaming nobody.)
+
+Received bytes are hashed as they arrive and written a cache-sized slice at
+a time; the OS is asked to start writing them to disk as they come, so the
+one fsync at the end is short (see ``store.PartialBlob``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import random
+import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable, Sequence
+from typing import Awaitable, Callable, Iterable, Iterator, Sequence
 
 import aiohttp
 import msgpack
 
-from .store import BlobBusy, BlobCorrupt, BlobRef, ContentStore, PartialBlob
+from .store import BadBlobRef, BlobBusy, BlobCorrupt, BlobRef, ContentStore, PartialBlob
 
 log = logging.getLogger(__name__)
 
 MSGPACK = "application/msgpack"
 PREFIX = "/peer/v1/files"
-WRITE_BATCH = 4 << 20  # bytes handed to the writer thread at once
-READ_BUFFER = 1 << 20  # aiohttp reads the socket in pieces up to this size (default 64 KiB)
+WRITE_BATCH = 2 << 20  # bytes handed to the writer thread at once (also how far peers that re-serve lag)
+READ_BUFFER = 4 << 20  # aiohttp buffers up to twice this of a response before it pauses the socket
+SOCKET_READ = 4 << 20  # bytes asked of the socket per read during a download (asyncio's default: 256 KiB)
 HAVE_TIMEOUT_S = 10.0
+
+
+def _keep_freed_memory_for_reuse() -> None:
+    """Stop glibc from giving freed heap back to the OS after every few MiB (once per process).
+
+    aiohttp hands each socket read of a download to us as a fresh bytes object
+    of up to ``SOCKET_READ`` bytes. With glibc's defaults those come from mmap
+    or from the top of the heap, which is returned to the OS as soon as a few
+    hundred KiB of it are free, so the memory of most reads was faulted in and
+    zeroed anew: some 60,000 page faults and a sixth of a CPU second per 512 MiB
+    received. Allocations below 16 MiB from the heap, and up to 64 MiB of free
+    heap kept, make them reuse memory. A process-wide setting, harmless to the
+    rest of a peer; it costs at most those 64 MiB.
+    """
+    global _memory_tuned
+    with _memory_lock:
+        if _memory_tuned or not sys.platform.startswith("linux"):
+            return
+        _memory_tuned = True
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, AttributeError):
+            return  # not glibc (musl has no mallopt): nothing to tune
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        mallopt(m_mmap_threshold, 16 << 20)
+        mallopt(m_trim_threshold, 64 << 20)
+
+
+_memory_lock = threading.Lock()
+_memory_tuned = False
+
+
+@contextlib.contextmanager
+def _larger_socket_reads(resp: aiohttp.ClientResponse) -> Iterator[None]:
+    """Read the response's socket ``SOCKET_READ`` bytes at a time while in this block.
+
+    asyncio's selector transport reads at most ``max_size`` bytes (256 KiB) per
+    wake-up, and every read costs a round of Python calls in the event loop and
+    aiohttp: a sixth of the CPU a fast download uses. ``max_size`` is asyncio's
+    own attribute; with a transport that has none, nothing changes.
+    """
+    transport = resp.connection.transport if resp.connection is not None else None
+    before = getattr(transport, "max_size", None)
+    if transport is None or not isinstance(before, int):
+        yield
+        return
+    transport.max_size = max(before, SOCKET_READ)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        transport.max_size = before  # type: ignore[attr-defined]
 
 
 def blob_url(source: str, ref: BlobRef) -> str:
@@ -64,6 +136,8 @@ class FetchReport:
 class _Availability:
     have: set[BlobRef]
     load: int
+    receiving: dict[BlobRef, int] = field(default_factory=dict)  # blobs it is downloading: bytes so far
+    is_self: bool = False  # the source is this peer (its store answered)
 
 
 class _Outcome:
@@ -72,6 +146,7 @@ class _Outcome:
     ABSENT = "absent"  # the source no longer has it
     CUT = "cut"  # connection broke; the partial file stays
     CORRUPT = "corrupt"
+    CORRUPT_CONTINUED = "corrupt after continuing an earlier download"  # the partial file is gone
     LOCAL_BUSY = "local-busy"  # another fetch in this process is downloading it
 
 
@@ -98,6 +173,10 @@ class Fetcher:
         self.read_timeout_s = read_timeout_s
         self.on_progress = on_progress
         self._inflight: Counter[str] = Counter()
+        # Among equally good sources, each fetcher has its own order, so that peers
+        # starting together spread over the sources instead of all taking the first.
+        self._tiebreak = {s: random.random() for s in self.sources}
+        _keep_freed_memory_for_reuse()
         self._done_bytes = 0
         self._total_bytes = 0
 
@@ -108,6 +187,7 @@ class Fetcher:
         self._total_bytes = sum(r.size for r in pending)
         self._done_bytes = 0
         refused: dict[BlobRef, set[str]] = defaultdict(set)  # sources that served a corrupt copy
+        busy: dict[BlobRef, set[str]] = defaultdict(set)  # sources that were busy in the last round
         said: dict[BlobRef, str] = {}
         started = time.monotonic()
         pause = 0.05
@@ -119,10 +199,21 @@ class Fetcher:
             if time.monotonic() - started > deadline_s:
                 raise FetchError(self._give_up_message(pending, said, deadline_s), pending)
             availability, unreachable = await self._ask_sources(pending)
+            own_offsets = await asyncio.to_thread(lambda: {r: self.store.partial_size(r) for r in pending})
             sem = asyncio.Semaphore(self.concurrency)
+            was_busy, busy = busy, defaultdict(set)
+
+            def can_serve(a: _Availability, ref: BlobRef) -> bool:
+                # A peer still downloading it helps only when it is ahead of us; taking one
+                # that is behind could make two peers wait on each other.
+                return ref in a.have or a.receiving.get(ref, -1) > own_offsets[ref]
 
             async def one(ref: BlobRef) -> tuple[BlobRef, str]:
-                candidates = [s for s, a in availability.items() if ref in a.have and s not in refused[ref]]
+                candidates = [s for s, a in availability.items() if can_serve(a, ref) and s not in refused[ref]]
+                if not candidates and any(ref in a.receiving for s, a in availability.items()
+                                          if s not in refused[ref]):
+                    said[ref] = "only peers still downloading it, and not ahead of this one, have it"
+                    return ref, _Outcome.BUSY  # they will have more soon
                 if not candidates:
                     if refused[ref] and not any(ref in a.have for s, a in availability.items()
                                                 if s not in refused[ref]):
@@ -132,13 +223,18 @@ class Fetcher:
                             f" (unreachable: {', '.join(unreachable)})" if unreachable else "")
                     return ref, _Outcome.ABSENT
                 async with sem:
+                    # Another source first if this one was busy last time (the owner's load counts all its
+                    # uploads, but its limit per blob may be what refused us).
                     source = min(candidates, key=lambda s: (
-                        availability[s].load + self._inflight[s], s == self.owner, self.sources.index(s)))
+                        s in was_busy[ref], availability[s].load + self._inflight[s],
+                        ref not in availability[s].have, s == self.owner, self._tiebreak[s]))
                     self._inflight[source] += 1
                     try:
                         outcome = await self._download(ref, source, report)
                     finally:
                         self._inflight[source] -= 1
+                if outcome == _Outcome.BUSY:
+                    busy[ref].add(source)
                 if outcome == _Outcome.CORRUPT:
                     refused[ref].add(source)
                     report.corrupt.append((ref, source))
@@ -148,7 +244,8 @@ class Fetcher:
 
             results = await asyncio.gather(*(one(ref) for ref in pending))
             done = {ref for ref, outcome in results if outcome == _Outcome.DONE}
-            progressed = bool(done) or any(o in (_Outcome.CUT, _Outcome.CORRUPT) for _, o in results)
+            progressed = bool(done) or any(
+                o in (_Outcome.CUT, _Outcome.CORRUPT, _Outcome.CORRUPT_CONTINUED) for _, o in results)
             pending = [ref for ref in pending if ref not in done]
             if pending:
                 # Busy sources are transferring the blob to someone who will soon serve it
@@ -170,7 +267,7 @@ class Fetcher:
     async def _ask_sources(self, pending: list[BlobRef]) -> tuple[dict[str, _Availability], list[str]]:
         body = msgpack.packb({"blobs": [r.to_wire() for r in pending]}, use_bin_type=True)
         answers = await asyncio.gather(*(self._ask(source, body) for source in self.sources))
-        availability = {s: a for s, a in zip(self.sources, answers) if a is not None}
+        availability = {s: a for s, a in zip(self.sources, answers) if a is not None and not a.is_self}
         unreachable = [s for s, a in zip(self.sources, answers) if a is None]
         return availability, unreachable
 
@@ -185,10 +282,14 @@ class Fetcher:
                     log.info("%s answered HTTP %s to a have request", source, resp.status)
                     return None
                 answer = msgpack.unpackb(raw, raw=False)
+                if answer.get("store") == self.store.store_id:
+                    return _Availability(have=set(), load=0, is_self=True)
                 have = {BlobRef.parse(item) for item in answer.get("have", [])}
                 load = answer.get("load", 0)
-                return _Availability(have=have, load=load if isinstance(load, int) else 0)
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError, msgpack.UnpackException) as exc:
+                return _Availability(have=have, load=load if isinstance(load, int) else 0,
+                                     receiving=_parse_receiving(answer.get("receiving")))
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError, TypeError,
+                msgpack.UnpackException) as exc:
             log.debug("have request to %s failed: %s", source, exc)
             return None
 
@@ -205,15 +306,21 @@ class Fetcher:
         except BlobBusy:
             return _Outcome.LOCAL_BUSY
         try:
-            if writer.offset:
-                report.resumed += 1
+            # Bytes kept from an earlier download may have come from another source.
+            continued = writer.offset > 0
             # A partial file already whole (a crash before it was stored) needs no request.
             outcome = _Outcome.DONE if writer.complete else await self._receive(ref, source, writer, report)
             if outcome != _Outcome.DONE:
                 return outcome
+            # Unless the source sent the whole blob instead of the rest (the download restarted).
+            continued = continued and writer.generation == 0
             try:
                 await asyncio.to_thread(writer.finish)
             except BlobCorrupt as exc:
+                if continued:
+                    # The damage may be in the bytes from before: start over, blaming nobody.
+                    log.warning("%s (it continued an earlier partial download)", exc)
+                    return _Outcome.CORRUPT_CONTINUED
                 log.warning("%s", exc)
                 return _Outcome.CORRUPT
             report.fetched.append(ref)
@@ -260,14 +367,16 @@ class Fetcher:
                             log.warning("%s answered a range of %s that does not start at %d", source, ref.short,
                                         writer.offset)
                             return _Outcome.CUT
+                        report.resumed += 1
                     elif resp.status != 200:
                         log.info("%s answered HTTP %s for blob %s", source, resp.status, ref.short)
                         return _Outcome.ABSENT
-                    async for chunk in resp.content.iter_any():  # no re-chunking copies
-                        chunks.append(chunk)
-                        buffered += len(chunk)
-                        if buffered >= WRITE_BATCH:
-                            await flush()
+                    with _larger_socket_reads(resp):
+                        async for chunk in resp.content.iter_any():  # no re-chunking copies
+                            chunks.append(chunk)
+                            buffered += len(chunk)
+                            if buffered >= WRITE_BATCH:
+                                await flush()
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 log.info("download of %s from %s broke off: %s", ref.short, source, exc or type(exc).__name__)
                 await flush(wait=True)  # keep what arrived, for a resume
@@ -282,6 +391,20 @@ class Fetcher:
                 except BaseException:
                     pass
         return _Outcome.DONE if writer.complete else _Outcome.CUT
+
+
+def _parse_receiving(value: object) -> dict[BlobRef, int]:
+    """``receiving`` of a have answer: [[sha256, size, bytes so far], ...]; absent from older peers."""
+    if not isinstance(value, list):
+        return {}
+    found = {}
+    for item in value:
+        if isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[2], int):
+            try:
+                found[BlobRef.parse(item[:2])] = item[2]
+            except BadBlobRef:
+                continue  # one garbled entry does not make the rest of the answer useless
+    return found
 
 
 def _range_starts_at(content_range: str, offset: int) -> bool:

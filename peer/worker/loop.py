@@ -54,6 +54,7 @@ UNREACHABLE = "coordinator unreachable"
 DELIVERING = "delivering buffered updates"
 STOPPING = "stopping"
 STOPPED = "stopped"
+SENT_TO_SLEEP = "asleep (requested)"
 
 
 @dataclass
@@ -79,10 +80,13 @@ class WorkerOptions:
     delivery_grace_s: float = 5.0
     # One task update may take this long before it counts as lost (and is buffered).
     update_timeout_s: float = 10.0
+    # While a task runs, claim the next one and fetch its files, so it starts
+    # the moment the current one ends (only while no other worker is idle).
+    prefetch: bool = True
 
     @classmethod
     def from_settings(cls, *, on_shutdown: str, shutdown_grace_s: float,
-                      finish_task_when_user_returns: bool) -> "WorkerOptions":
+                      finish_task_when_user_returns: bool, prefetch: bool = True) -> "WorkerOptions":
         """From the config settings; ValueError names the setting and the fix."""
         if on_shutdown not in ON_SHUTDOWN:
             raise ValueError(f"on_shutdown = {on_shutdown!r} is not a choice; use "
@@ -90,7 +94,7 @@ class WorkerOptions:
         if shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s = {shutdown_grace_s} must be zero or more seconds")
         return cls(on_shutdown=on_shutdown, shutdown_grace_s=float(shutdown_grace_s),
-                   finish_task_when_user_returns=finish_task_when_user_returns)
+                   finish_task_when_user_returns=finish_task_when_user_returns, prefetch=prefetch)
 
 
 class CoordinatorGone(Exception):
@@ -247,6 +251,8 @@ class Worker:
         self._abandon_reason = ""
         self._abandon_timer: asyncio.TimerHandle | None = None
         self._next_task: dict[str, Any] | None = None
+        # The task claimed ahead while the current one runs (at most one).
+        self._prefetched: dict[str, Any] | None = None
         self._wake_flusher = asyncio.Event()
 
     # --- what it is doing -------------------------------------------------
@@ -272,7 +278,7 @@ class Worker:
     async def run(self) -> None:
         """Work until ``shutdown`` (or cancelled). Survives coordinator outages by retrying."""
         session = self.session_factory() if self.session_factory else aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4))
+            connector=aiohttp.TCPConnector(limit=8))
         buffer = await self._open_buffer()
         self.upstream = Upstream(buffer)
         await self._note_interrupted_tasks()
@@ -295,6 +301,8 @@ class Worker:
                 self.availability.close()
                 if self.settings.blender_pool is not None:
                     await asyncio.shield(self.settings.blender_pool.close())
+                if self.job_files is not None:
+                    await asyncio.shield(self.job_files.close())
 
     async def shutdown(self) -> None:
         """Stop taking work; requeue or finish the running task (``on_shutdown``).
@@ -425,6 +433,7 @@ class Worker:
                 "address": self.identity.address, "platform": platform.system().lower(),
                 "software": __version__, "supported_task_types": self.identity.supported_task_types,
                 "current_task": current, "tags": self.identity.tags,
+                "prefetched_task": self._prefetched["uuid"] if self._prefetched else None,
             })
             if status != 200:
                 raise CoordinatorGone(f"sign-on refused ({status}): {body}")
@@ -456,6 +465,10 @@ class Worker:
         if status != 200:
             raise CoordinatorGone(f"claim failed ({status}): {body}")
         if body.get("task") is None:
+            change = body.get("status_change")
+            if isinstance(change, dict) and change.get("status") == "asleep":
+                await self._sleep_as_asked(client)
+                return None
             # A coordinator may say why there is nothing for us (e.g. blocklisted).
             why = body.get("why")
             self._set_state(WAITING, why if isinstance(why, str) else "")
@@ -487,6 +500,82 @@ class Worker:
                 raise _SignOnAgain()
             return None
         return claim.result()
+
+    async def _sleep_as_asked(self, client: ProtocolClient) -> None:
+        """Someone sent this worker to sleep from the farm (dashboard, API): say so,
+        then wait, signed on, until it is asked to wake."""
+        self._set_state(SENT_TO_SLEEP, "sent to sleep from the farm; wake it from the dashboard")
+        await self._report_status(client, "asleep")
+        while not self._stopping.is_set():
+            call = asyncio.ensure_future(client.call(
+                "worker/state", {"worker_id": self.identity.worker_id, "wait_s": self.claim_wait_s},
+                timeout=self.claim_wait_s + 15))
+            stop = asyncio.ensure_future(self._stopping.wait())
+            moved = asyncio.ensure_future(client.moved())
+            try:
+                await asyncio.wait([call, stop, moved], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                moved.cancel()
+                if not call.done():
+                    call.cancel()
+            if not call.done() or call.cancelled():
+                await asyncio.gather(call, return_exceptions=True)
+                if self._stopping.is_set():
+                    return  # leaving: the sign-off says the rest
+                raise _SignOnAgain()  # the coordinator moved; it tells us again if we still sleep
+            status, reply = call.result()
+            if status == 403:
+                raise _SignOnAgain()
+            if status != 200 or not isinstance(reply, dict):
+                raise CoordinatorGone(f"worker state refused ({status}): {reply}")
+            if reply.get("status_requested") != "asleep":
+                break
+        if not self._stopping.is_set():
+            await self._report_status(client, "awake")
+            self._set_state(WAITING)
+
+    async def _report_status(self, client: ProtocolClient, status: str) -> None:
+        code, reply = await client.call(
+            "worker/state-changed", {"worker_id": self.identity.worker_id, "status": status}, timeout=10.0)
+        if code == 403:
+            raise _SignOnAgain()
+        if code != 200:
+            raise CoordinatorGone(f"status report refused ({code}): {reply}")
+        log.info("worker %s is %s, as asked", self.identity.name, status)
+
+    async def _prefetch(self, client: ProtocolClient, run: TaskRun, commands_task: asyncio.Task[None]) -> None:
+        """Claim the next task while this one runs, and bring its files here.
+
+        The coordinator gives one only while no other worker is idle, and
+        never more than one; if this worker stops, signing off requeues it."""
+        while not commands_task.done() and self._prefetched is None:
+            started = time.monotonic()
+            try:
+                status, body = await client.call(
+                    "worker/claim", {"worker_id": self.identity.worker_id, "wait_s": self.claim_wait_s,
+                                     "prefetch_after": run.task_id},
+                    timeout=self.claim_wait_s + 15)
+            except (CoordinatorGone, _SignOnAgain):
+                status, body = 0, None
+            task = body.get("task") if status == 200 and isinstance(body, dict) else None
+            if task is not None:
+                self._prefetched = task
+                log.info("worker %s: prefetched task %s", self.identity.name, task["uuid"])
+                if self.job_files is not None:
+                    try:
+                        await self.job_files.prefetch(task)
+                    except Exception as exc:  # the task fetches again when it starts, and says why there
+                        log.info("task %s: prefetching its files failed (%s); it fetches them when it starts",
+                                 task["uuid"], exc)
+                return
+            if time.monotonic() - started < 1.0:
+                await asyncio.sleep(1.0)  # answered at once (another worker idles, or an error): poll gently
+
+    def _take_prefetched(self, handed_over: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The task to run next: the one the final report brought, else the prefetched one."""
+        prefetched, self._prefetched = self._prefetched, None
+        return handed_over or prefetched
 
     def _sender(self, client: ProtocolClient, *, claim_next_after: str | None = None
                 ) -> Callable[[Update], Awaitable[tuple[int, Any]]]:
@@ -559,6 +648,8 @@ class Worker:
             asyncio.create_task(self._guard(run, commands_task)),
             asyncio.create_task(self._deliver_while_running(client, run, commands_task)),
         ]
+        if self.options.prefetch:
+            helpers.append(asyncio.create_task(self._prefetch(client, run, commands_task)))
         try:
             try:
                 await commands_task
@@ -569,22 +660,22 @@ class Worker:
                 await self._stop_helpers(helpers, run)
                 if run.requeue:
                     await self._hand_back(client, run)
-                return None
+                return self._take_prefetched(None)
             except CommandError as exc:
                 run.activity = f"Failed: {exc.message}"
                 await run.log(f"Failed: {exc.message}")
                 await self._stop_helpers(helpers, run)
-                return await self._report_final(client, run, task_status="failed")
+                return self._take_prefetched(await self._report_final(client, run, task_status="failed"))
             except Exception as exc:  # a bug in a command must fail the task, not kill the worker
                 log.exception("task %s: command crashed", run.task_id)
                 run.activity = f"Failed: internal error in the worker: {type(exc).__name__}: {exc}"
                 await run.log(run.activity)
                 await self._stop_helpers(helpers, run)
-                return await self._report_final(client, run, task_status="failed")
+                return self._take_prefetched(await self._report_final(client, run, task_status="failed"))
             await self._stop_helpers(helpers, run)
             run.activity = "Completed"
             self.tasks_done += 1
-            return await self._report_final(client, run, task_status="completed")
+            return self._take_prefetched(await self._report_final(client, run, task_status="completed"))
         finally:
             self.current_task = None
             self.availability.working = False
@@ -628,7 +719,7 @@ class Worker:
             raise CommandError(f"could not get the job's files onto this worker: {exc}") from None
         await self._run_commands(run, prepared.commands)
         try:
-            shipped = await self.job_files.after_task(task, prepared)
+            shipped = await self.job_files.after_task(task, prepared, run.outputs)
         except Exception as exc:  # the outputs stay in the staging folder; say so, do not fail the render
             log.warning("task %s: outputs not queued for the job's owner: %s", run.task_id, exc)
             await run.log(f"Warning: the outputs could not be queued for the job's owner: {exc}")

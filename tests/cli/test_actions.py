@@ -125,3 +125,32 @@ def test_an_empty_job_id_is_refused(cli: Cli, command: list[str]) -> None:
     assert r.returncode != 0, r.explain()
     assert "Traceback" not in r.stderr, r.explain()
     assert cli.job(job["id"])["status"] == "paused"
+
+
+@pytest.mark.timeout(60)
+def test_sleep_and_wake_a_worker(cli: Cli) -> None:
+    workers = cli.ok("workers", "--json").json()
+    assert len(workers) == 1, workers
+    name = workers[0]["name"]
+    job = submit_paused(cli)
+    cli.ok("requeue", job["id"][:8])
+    wait_for_task(cli, job["id"], "sleep", "active")
+
+    r = cli.ok("sleep", name)
+    assert r.stdout.startswith(f"Worker {name} goes to sleep now"), r.explain()
+    # Its 30 s task went back to the queue at once, and nothing else starts.
+    wait_for_task(cli, job["id"], "sleep", "queued")
+    deadline = time.monotonic() + 10
+    while cli.ok("workers", "--json").json()[0]["status"] != "asleep":
+        assert time.monotonic() < deadline, cli.ok("workers").stdout
+        time.sleep(0.1)
+    assert "asleep" in cli.ok("workers").stdout
+
+    r = cli.ok("wake", name)
+    assert f"Worker {name} is asked to wake up" in r.stdout
+    wait_for_task(cli, job["id"], "sleep", "active")
+    cli.ok("cancel", job["id"][:8])
+
+    r = cli("sleep", "no-such-worker")
+    assert_clean_error(r)
+    assert "no worker is named 'no-such-worker'" in r.stderr, r.explain()

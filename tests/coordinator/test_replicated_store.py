@@ -9,9 +9,11 @@ import pytest
 
 from peer.coordinator import events as ev
 from peer.coordinator import status_machine
-from peer.coordinator.store import JobStore, LogEntry, StoreError, TermSegment
+from peer.coordinator.store import SCHEMA_VERSION, JobStore, LogEntry, StoreError, TermSegment
 
 from .test_status_machine import AT, add_job, job_status
+
+LATER = "2026-01-01T00:01:30+00:00"
 
 
 def open_store(path: Path) -> JobStore:
@@ -125,6 +127,38 @@ def test_schema_1_database_is_upgraded_in_place(tmp_path):
     store = open_store(path)
     try:
         assert store.term_at(1) == (0, "")
-        assert store.read().query_one("SELECT value FROM meta WHERE key='schema_version'")[0] == "2"
+        assert store.read().query_one("SELECT value FROM meta WHERE key='schema_version'")[0] == str(SCHEMA_VERSION)
+    finally:
+        store.close()
+
+
+def test_schema_2_database_gains_run_times_and_status_requests(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    conn = sqlite3.connect(path)
+    # The version-2 shapes of the tables that grew columns in version 3.
+    conn.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '2');"
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, job_id TEXT NOT NULL, index_in_job INTEGER NOT NULL,"
+        " name TEXT NOT NULL, type TEXT NOT NULL, priority INTEGER NOT NULL, status TEXT NOT NULL,"
+        " activity TEXT NOT NULL DEFAULT '', commands TEXT NOT NULL, steps_completed INTEGER NOT NULL DEFAULT 0,"
+        " steps_total INTEGER NOT NULL, worker_id TEXT NOT NULL DEFAULT '', last_touched TEXT NOT NULL DEFAULT '',"
+        " created TEXT NOT NULL, updated TEXT NOT NULL);"
+        "CREATE TABLE workers (id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL,"
+        " platform TEXT NOT NULL, software TEXT NOT NULL, status TEXT NOT NULL,"
+        " supported_task_types TEXT NOT NULL, updated TEXT NOT NULL);"
+    )
+    conn.commit()
+    conn.close()
+    store = open_store(path)
+    try:
+        job, tasks = add_job(store)
+        with store.transaction() as tx:
+            tx.emit(ev.TaskAssigned(task_id=tasks[0], worker_id="w", at=AT))
+            status_machine.set_tasks_status(tx, [tasks[0]], "completed", "", LATER)
+        row = store.read().query_one("SELECT started, finished FROM tasks WHERE id=?", (tasks[0],))
+        assert (row["started"], row["finished"]) == (AT, LATER)
+        columns = {r[1] for r in store.read().query("PRAGMA table_info(workers)")}
+        assert {"status_requested", "lazy_status_request"} <= columns
     finally:
         store.close()

@@ -186,3 +186,47 @@ def test_gc_removes_stale_partial_and_temporary_files(tmp_path: Path) -> None:
     os.utime(old_tmp, (long_ago, long_ago))
     store.gc()
     assert not old_part.exists() and not old_tmp.exists() and new_part.exists()
+
+
+def test_writes_of_many_buffers_land_in_order_and_are_hashed_once(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path, cap_bytes=1 << 30)  # durable: early writeback every 32 MiB runs too
+    data = os.urandom(40 << 20)
+    ref = ref_of(data)
+    view = memoryview(data)
+    with store.partial_writer(ref) as w:
+        w.write_many([b""] + [view[i:i + 1000] for i in range(0, 1_000_000, 1000)])  # more buffers than one writev
+        w.write_many([bytearray(view[1_000_000:20 << 20]), view[20 << 20:]])
+        assert w.complete and w.offset == len(data)
+        w.finish()
+    assert store.path_of(ref).read_bytes() == data
+
+
+def test_a_download_in_progress_is_visible_for_re_serving(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path, cap_bytes=1 << 30)
+    data = os.urandom(10_000)
+    ref, other = ref_of(data), ref_of(b"other")
+    assert store.receiving(ref) is None and store.receiving_offsets([ref]) == {}
+    w = store.partial_writer(ref)
+    assert store.receiving(ref) is w and w.state == w.RECEIVING
+    w.write(data[:4000])
+    assert store.receiving_offsets([ref, other]) == {ref: 4000}
+    assert store.partial_path(ref).read_bytes() == data[:4000]  # written through, readable by the routes
+    w.restart()
+    assert w.generation == 1 and w.offset == 0 and store.partial_size(ref) == 0
+    w.write(data)
+    w.finish()
+    assert w.state == w.STORED and store.receiving(ref) is None and store.has(ref)
+
+    stopped = store.partial_writer(other)
+    stopped.write(b"ot")
+    stopped.close()
+    assert stopped.state == stopped.STOPPED and store.receiving(other) is None
+    wrong = store.partial_writer(other)
+    assert wrong.offset == 2
+    wrong.write(b"hex")  # the right size, the wrong bytes
+    generation = wrong.generation
+    with pytest.raises(BlobCorrupt):
+        wrong.finish()
+    assert wrong.state == wrong.DISCARDED and wrong.generation > generation
+    assert store.receiving(other) is None and store.partial_size(other) == 0
+    assert ContentStore(tmp_path, cap_bytes=1).store_id != store.store_id

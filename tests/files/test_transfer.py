@@ -53,7 +53,8 @@ async def test_have_answers_which_blobs_and_the_load(start_peer: StartPeer, sess
     body = msgpack.packb({"blobs": [held.to_wire(), absent.to_wire()]})
     async with session.post(f"{peer.url}/peer/v1/files/have", data=body) as resp:
         answer = msgpack.unpackb(await resp.read())
-    assert answer == {"have": [held.to_wire()], "load": 0, "max_uploads": 8}
+    assert answer == {"have": [held.to_wire()], "load": 0, "max_uploads": 8, "receiving": [],
+                      "store": peer.store.store_id}
     async with session.post(f"{peer.url}/peer/v1/files/have", data=msgpack.packb({"blobs": [["x", 1]]})) as resp:
         assert resp.status == 400 and "SHA-256" in msgpack.unpackb(await resp.read())["message"]
     async with session.get(f"{peer.url}/peer/v1/files/blob/{absent.sha256}/{absent.size}") as resp:

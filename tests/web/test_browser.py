@@ -17,9 +17,13 @@ import pytest
 from aiohttp import web
 
 from peer.coordinator import events as ev
+from peer.files.thumbnails import LastRenderedStore, make_thumbnail
 from peer.coordinator import status_machine
 from peer.localfarm import LocalFarm
-from peer.web.server import routed_features
+
+from peer.cli import prepare_job
+from peer.scenes import make_scene
+from tests.scenes import requires_blender, requires_ffmpeg
 
 from .browser import CHROMIUM, LAUNCH_ARGS, artifacts_dir, png, requires_browser
 from .conftest import FARM, OTHER_FARM, DashboardFarm, call, dashboard_app, echo_job, new_coordinator, serve
@@ -76,6 +80,8 @@ def job_row(page: Any, job_id: str) -> Any:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+@requires_blender
+@requires_ffmpeg
 async def test_a_real_farm_live(browser: Any, tmp_path: Path) -> None:
     """Three peer processes; the browser watches a follower. A job appears and progresses live, a task's
     log shows and follows, cancel works, and the view recovers when the coordinator is killed."""
@@ -118,11 +124,22 @@ async def test_a_real_farm_live(browser: Any, tmp_path: Path) -> None:
         await page.locator("#tasks-body a.row-link", has_text="echo").click()
         await expect(page.locator("#log")).to_contain_text('echo: "hello from the browser test"')
         await expect(page.locator("#log-full")).to_be_visible()
-        # The last rendered image needs the file-transfer API (issue 7); until a peer routes it, no empty box.
-        last_rendered = (await (await page.request.get(viewer.url + "/web/info")).json())["features"]["last_rendered"]
-        if not last_rendered:
-            await expect(page.locator("#job-image")).to_be_hidden()
+        await expect(page.locator("#job-image")).to_be_hidden()  # an echo job renders no image: no empty box
         await shot(page, "02-job-completed-with-log")
+
+        # A real render: the worker's thumbnail of its last frame shows on the job's page.
+        scene = await asyncio.to_thread(make_scene, tmp_path / "shot" / "browser.blend", frames=(1, 2),
+                                        resolution=(48, 32))
+        render = await asyncio.to_thread(
+            prepare_job, client, "simple-blender-render", sets=[f"render_output_root={tmp_path / 'renders'}"],
+            blend=str(scene), name="render job", verbose=False)
+        render = await asyncio.to_thread(client.submit, render)
+        await page.goto(f"{viewer.url}/#/job/{render['id']}")
+        await expect(page.locator("#job-title")).to_have_text("render job")
+        await expect(page.locator("#job-facts .badge")).to_have_text("completed", timeout=60_000)
+        await expect(page.locator("#job-image")).to_be_visible(timeout=30_000)
+        await page.wait_for_function("() => document.querySelector('#job-image-img').naturalWidth > 0")
+        await shot(page, "02b-last-rendered-image")
 
         # A long job: follow a running task's log, then cancel the job from the page.
         long_job = await asyncio.to_thread(client.submit, {
@@ -173,42 +190,19 @@ async def test_a_real_farm_live(browser: Any, tmp_path: Path) -> None:
 # --- sections fed by optional endpoints ---------------------------------------------------------------
 
 
-def optional_stubs(coordinator: Any, requests: list[tuple[str, str, Any]]) -> tuple[list[web.RouteDef], dict[str, bool]]:
-    """Stand-ins for endpoints other issues add, only where the peer does not route them yet."""
-    probe = dashboard_app(coordinator, remote=False)
-    present = routed_features(probe)
-    frame = png(64, 48)
-    stubs: list[web.RouteDef] = []
-
-    async def last_rendered(request: web.Request) -> web.Response:
-        base = f"/test-renders/{request.match_info.get('job_id', 'farm')}"
-        return web.json_response({"base": base, "suffixes": ["last-rendered.png", "last-rendered-small.png",
-                                                               "last-rendered-tiny.png"]})
-
-    async def image(request: web.Request) -> web.Response:
-        return web.Response(body=frame, content_type="image/png")
-
-    async def worker_status(request: web.Request) -> web.Response:
-        requests.append(("setstatus", request.match_info["worker_id"], await request.json()))
-        return web.Response(status=204)
-
-    if not present["last_rendered"]:
-        stubs += [web.get("/api/v3/jobs/{job_id}/last-rendered", last_rendered),
-                  web.get("/test-renders/{job_id}/{name}", image)]
-    if not present["global_last_rendered"]:
-        stubs.insert(0, web.get("/api/v3/jobs/last-rendered", last_rendered))
-    if not present["worker_sleep"]:
-        stubs.append(web.post("/api/v3/worker-mgt/workers/{worker_id}/setstatus", worker_status))
-    return stubs, present
+async def save_last_rendered(coordinator: Any, job_id: str, where: Path) -> None:
+    """A real thumbnail where workers' thumbnails land on the coordinator (peer/files/thumbnails.py)."""
+    frame = where / f"{job_id}.png"
+    frame.write_bytes(png(64, 48))
+    LastRenderedStore(coordinator.logs.root).save(job_id, await make_thumbnail(frame))
 
 
-async def test_images_blocklist_and_worker_sleep_show_when_the_api_offers_them(browser: Any, tmp_path: Path) -> None:
+@requires_ffmpeg
+async def test_images_blocklist_and_worker_sleep(browser: Any, tmp_path: Path) -> None:
     from playwright.async_api import expect
 
     coordinator = await new_coordinator(tmp_path / "data")
-    requests: list[tuple[str, str, Any]] = []
-    stubs, real = optional_stubs(coordinator, requests)
-    served = await serve(dashboard_app(coordinator, remote=False, extra_routes=stubs))
+    served = await serve(dashboard_app(coordinator, remote=False))
     farm = DashboardFarm(coordinator, served, served, tmp_path / "data")
     try:
         farm.start_worker("render-1")
@@ -217,6 +211,7 @@ async def test_images_blocklist_and_worker_sleep_show_when_the_api_offers_them(b
         at = status_machine.now()
         await coordinator._write(lambda tx: tx.emit(
             ev.WorkerBlocklisted(job_id=job["id"], worker_id="id-render-1", task_type="misc", at=at)))
+        await save_last_rendered(coordinator, job["id"], tmp_path)
 
         context, page, watch = await new_page(browser)
         await page.goto(f"{served.url}/#/job/{job['id']}")
@@ -243,11 +238,12 @@ async def test_images_blocklist_and_worker_sleep_show_when_the_api_offers_them(b
             assert await call(session, "GET", f"{served.url}/api/v3/jobs/{job['id']}/blocklist") == (200, [])
 
         await worker_row.locator('button[data-action="sleep"]').click()
-        if not real["worker_sleep"]:  # the stand-in endpoint: check what the page sent
-            await expect(page.locator(".toast", has_text="render-1 is going to sleep")).to_be_visible()
-            assert requests == [("setstatus", "id-render-1", {"status": "asleep", "is_lazy": False})]
-        else:
-            await expect(worker_row.locator(".badge")).to_have_text("asleep")
+        await expect(page.locator(".toast", has_text="render-1 is going to sleep")).to_be_visible()
+        await expect(worker_row.locator(".badge")).to_have_text("asleep")
+        await expect(worker_row.locator('button[data-action="wake"]')).to_be_visible()
+        await shot(page, "08-worker-asleep")
+        await worker_row.locator('button[data-action="wake"]').click()
+        await expect(worker_row.locator(".badge")).to_have_text("awake")
         watch.check()
         await context.close()
     finally:

@@ -70,6 +70,7 @@ def dashboard_reads(job_id: str, task_id: str) -> list[str]:
         "/web/info", "/api/v3/status", "/api/v3/jobs", f"/api/v3/jobs/{job_id}", f"/api/v3/jobs/{job_id}/tasks",
         f"/api/v3/tasks/{task_id}", f"/api/v3/tasks/{task_id}/logtail", f"/api/v3/tasks/{task_id}/log",
         f"/api/v3/jobs/{job_id}/blocklist", "/api/v3/worker-mgt/workers",
+        f"/api/v3/jobs/{job_id}/last-rendered", "/api/v3/jobs/last-rendered",
     ]
 
 
@@ -199,9 +200,7 @@ async def test_an_action_that_does_not_apply_says_why(dashboard_farm: DashboardF
 
 
 async def test_worker_sleep_and_wake(dashboard_farm: DashboardFarm, viewer: tuple[str, aiohttp.ClientSession]) -> None:
-    if not routed_features(dashboard_farm.local.app)["worker_sleep"]:
-        pytest.skip("sending workers to sleep is not in the API yet (issue 8 adds "
-                    "POST /api/v3/worker-mgt/workers/{id}/setstatus); the dashboard hides the buttons until then")
+    assert routed_features(dashboard_farm.local.app)["worker_sleep"]
     base, session = viewer
     dashboard_farm.start_worker("render-1")
     async with asyncio.timeout(10):
@@ -239,7 +238,10 @@ async def test_without_the_join_code_only_the_login_page_answers(dashboard_farm:
                 status, body = await call(session, "GET", url + path, headers=headers)
                 assert status == 401, (path, status, body)
                 assert body["code"] == 401 and "carries no farm signature" in body["message"], (path, body)
-            for name, (method, path, body) in dashboard_actions(job["id"], tasks[1]["id"]).items():
+            actions = {**dashboard_actions(job["id"], tasks[1]["id"]),
+                       "sleep": ("POST", "/api/v3/worker-mgt/workers/id-render-1/setstatus",
+                                 {"status": "asleep", "is_lazy": False})}
+            for name, (method, path, body) in actions.items():
                 status, reply = await call(session, method, url + path, body, headers={**headers, "Origin": url})
                 assert status == 401, (name, reply)
             # The page explains how to get in, and nothing about the farm.
