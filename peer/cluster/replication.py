@@ -72,12 +72,26 @@ class LogServer:
         self.membership = membership
         self.ack_timeout_s = ack_timeout_s
         self.acked: dict[str, int] = {}
-        self._committed = asyncio.Event()
+        # Bumped on every commit. A pull notes it before reading and waits
+        # until it moves, so a commit between its read and its wait still
+        # wakes it, whatever other pulls do meanwhile.
+        self._commits = 0
+        self._commits_changed = asyncio.Condition()
+        self._notifying: asyncio.Task[None] | None = None
         self._acks_changed = asyncio.Event()
         coordinator.on_commit.append(self._on_commit)
 
     def _on_commit(self, index: int) -> None:
-        self._committed.set()
+        self._commits += 1
+        # Listeners are plain functions, and notifying takes the condition's
+        # lock: one task does it, for however many commits land before it runs.
+        if self._notifying is None:
+            self._notifying = asyncio.get_running_loop().create_task(self._notify_pulls())
+
+    async def _notify_pulls(self) -> None:
+        async with self._commits_changed:
+            self._notifying = None
+            self._commits_changed.notify_all()
 
     async def pull(self, body: dict[str, Any]) -> dict[str, Any]:
         coordinator = self.coordinator
@@ -93,7 +107,7 @@ class LogServer:
             raise APIError(400, "pull needs after (int), after_term ([epoch, leader]) and wait_s") from None
 
         store = coordinator.store
-        self._committed.clear()
+        seen = self._commits
         # One trip to the DB thread for the common case: the term check and
         # the entries that follow (a follower pulls after every commit). Reads
         # of the log alone: no need to wait for task-log files being written.
@@ -108,20 +122,26 @@ class LogServer:
         deadline = time.monotonic() + wait_s
         while True:
             if entries is None:
-                self._committed.clear()
+                seen = self._commits
                 entries = await coordinator.db.run_unordered(store.entries_since, after, MAX_ENTRIES_PER_PULL)
             remaining = deadline - time.monotonic()
             if entries or remaining <= 0 or coordinator.term != term:
                 break
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._committed.wait()
-            except TimeoutError:
-                pass
+            await self._wait_for_commit_after(seen, remaining)
             entries = None
         if coordinator.term != term:
             raise NotCoordinator()
         return {"epoch": term[0], "leader": term[1], "entries": [e.to_wire() for e in entries]}
+
+    async def _wait_for_commit_after(self, seen: int, remaining: float) -> None:
+        """Wait (at most ``remaining`` s) until a commit after the one counted
+        as ``seen``; at once if one already happened."""
+        async with self._commits_changed:
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._commits_changed.wait_for(lambda: self._commits != seen)
+            except TimeoutError:
+                pass
 
     def _entries_if_continued(self, after: int, after_term: Term) -> list[LogEntry] | None:
         """On the DB thread: the entries after ``after`` if the puller's log agrees
