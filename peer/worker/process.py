@@ -23,6 +23,7 @@ import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 LogFunc = Callable[[str], Awaitable[None]]
 LineCallback = Callable[[str], None]
@@ -31,21 +32,53 @@ MAX_LINE_CHARS = 40 * 1024
 _READ_SIZE = 64 * 1024
 _IS_WINDOWS = sys.platform == "win32"
 _EXIT_POLL_SECONDS = 0.05
-def _die_with_parent() -> None:
-    """In the child, before exec (Linux): get SIGKILL when the peer dies, even by
-    SIGKILL, so a killed peer never leaves a Blender rendering on its own."""
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    # Looked up here, in the parent: dlopen in a child forked from a process
+    # with threads could wait forever on a loader lock another thread held.
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): get SIGKILL when the peer dies, even by
+    SIGKILL, so a killed peer never leaves a Blender rendering on its own."""
+    prctl = _PRCTL
+    if prctl is None:
+        return
+    try:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except Exception:  # best effort: without it the orphan finishes its task and exits
         pass
 
 
-_PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
+_PREEXEC = _die_with_parent if _PRCTL is not None else None
 
 # Windows' equivalent of a new process group (POSIX gets start_new_session).
 _CREATION_FLAGS: int = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if _IS_WINDOWS else 0
+
+
+def spawn_kwargs() -> dict[str, Any]:
+    """Options for `asyncio.create_subprocess_exec` that every program a worker
+    starts gets: its own process group (so `signal_group` stops its helpers
+    too) and, on Linux, death by SIGKILL when the peer dies.
+
+    Spawn from the event loop's thread, never from `asyncio.to_thread` or
+    another executor: PR_SET_PDEATHSIG fires when the *thread* that forked the
+    child ends, and only the loop's thread lives as long as the peer.
+    """
+    return {"start_new_session": not _IS_WINDOWS, "creationflags": _CREATION_FLAGS, "preexec_fn": _PREEXEC}
 
 
 @dataclass
@@ -100,9 +133,7 @@ async def run_process(
         stderr=subprocess.STDOUT,
         cwd=cwd,
         env=env,
-        start_new_session=not _IS_WINDOWS,
-        creationflags=_CREATION_FLAGS,
-        preexec_fn=_PREEXEC,
+        **spawn_kwargs(),
     )
     result = ProcessResult(pid=proc.pid, returncode=0)
     tail: deque[str] = deque(maxlen=options.tail_lines)
@@ -142,7 +173,7 @@ async def _drain_leftovers(
         f"pid={proc.pid}: the program exited but processes it started still hold "
         "its output open; stopping them"
     )
-    _signal_group(proc, kill=True)
+    signal_group(proc, kill=True)
     try:
         await asyncio.wait_for(reader, timeout)
     except TimeoutError:
@@ -210,8 +241,9 @@ def split_lines(text: str, *, final: bool) -> tuple[list[str], str]:
     return out, rest
 
 
-def _signal_group(proc: asyncio.subprocess.Process, *, kill: bool) -> None:
-    """Signal the child's whole process group; a group that is gone is fine."""
+def signal_group(proc: asyncio.subprocess.Process, *, kill: bool) -> None:
+    """Signal the whole process group of a child started with `spawn_kwargs()`
+    (SIGKILL or SIGTERM); a group that is gone is fine."""
     if _IS_WINDOWS:
         # No process groups to signal; Windows has no SIGTERM either.
         if proc.returncode is None:
@@ -233,7 +265,7 @@ def _signal_group(proc: asyncio.subprocess.Process, *, kill: bool) -> None:
 async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
     try:
         if proc.returncode is None:
-            _signal_group(proc, kill=False)
+            signal_group(proc, kill=False)
             try:
                 await asyncio.wait_for(proc.wait(), grace)
             except TimeoutError:
@@ -241,7 +273,7 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
     finally:
         # Also reached when a second cancellation interrupts the grace period:
         # whatever is left of the group must not outlive the task.
-        _signal_group(proc, kill=True)
+        signal_group(proc, kill=True)
         if proc.returncode is None:
             try:
                 await asyncio.wait_for(asyncio.shield(proc.wait()), 1.0)

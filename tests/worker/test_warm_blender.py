@@ -27,7 +27,7 @@ from peer.worker.commands.base import CommandError, WorkerSettings
 from peer.worker.variables import expand_parameters
 from peer.worker.warm import RunCold, WarmBlenderPool, WarmOptions, WarmPlan, plan_warm_render
 
-from .conftest import RecordingContext, wait_gone, write_script
+from .conftest import RecordingContext, process_gone, wait_gone, write_script
 from tests.compiler.conftest import make_request
 from tests.scenes import BLENDER_MISSING_REASON, make_scene, requires_blender
 
@@ -426,3 +426,69 @@ async def test_a_newer_blender_runs_the_render_server(scene: Path, tmp_path: Pat
     assert [Path(p).name for c in contexts for p in c.outputs] == ["frame_000001.png", "frame_000002.png"]
     assert [c.steps for c in contexts] == [1, 1]
     assert "(5.0.1) runs this task (task 2 of this process)" in contexts[1].log_text
+
+
+# A peer that runs one blender-render task in its warm Blender and prints the
+# task log; the task's Python keeps Blender busy, so only the kernel's death
+# signal (not end-of-file on the server's stdin) can end it early.
+_PEER_WITH_A_BUSY_WARM_BLENDER = """
+import asyncio, json, sys
+from peer.worker.commands import run_command
+from peer.worker.commands.base import WorkerSettings
+from peer.worker.warm import WarmBlenderPool
+
+class PrintingContext:
+    task_id = "task-0001"
+    def __init__(self):
+        self.settings = WorkerSettings(blender_pool=WarmBlenderPool())
+    async def log(self, text):
+        print(text, flush=True)
+    def step(self):
+        pass
+    def output_produced(self, path):
+        pass
+
+asyncio.run(run_command("blender-render", json.loads(sys.argv[1]), PrintingContext()))
+"""
+
+
+@requires_blender
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_the_warm_blender_dies_with_its_killed_peer(scene: Path, tmp_path: Path) -> None:
+    """A peer killed with SIGKILL must not leave its warm Blender rendering on its own."""
+    import json
+    import re
+    import signal
+    import subprocess
+
+    busy = "import time; print('BUSY', flush=True); time.sleep(60)"
+    params = render_params(scene, tmp_path, "1", python=busy)
+    peer = subprocess.Popen(
+        [sys.executable, "-c", _PEER_WITH_A_BUSY_WARM_BLENDER, json.dumps(params)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+    )
+    blender_pid: int | None = None
+    try:
+        assert peer.stdout is not None
+        seen: list[str] = []
+        for line in peer.stdout:  # the test's timeout bounds a peer that never gets there
+            seen.append(line)
+            match = re.match(r"pid=(\d+) > BUSY$", line.strip())
+            if match:
+                blender_pid = int(match.group(1))
+                break
+        assert blender_pid is not None, "the warm Blender never ran the task:\n" + "".join(seen)
+        assert "warm Blender: started pid=" in "".join(seen)
+        peer.kill()
+        peer.wait(10)
+        deadline = time.monotonic() + 5
+        while not process_gone(blender_pid):
+            assert time.monotonic() < deadline, "the warm Blender outlived its SIGKILLed peer"
+            time.sleep(0.05)
+    finally:
+        peer.kill()
+        peer.wait(10)
+        if peer.stdout is not None:
+            peer.stdout.close()
+        if blender_pid is not None and not process_gone(blender_pid):
+            os.killpg(blender_pid, signal.SIGKILL)  # its own group: pgid == pid

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -38,10 +37,10 @@ from typing import Any
 
 from . import executables, params
 from . import structured_params as sp
-from ..process import run_process
+from ..process import signal_group, spawn_kwargs
 from .base import CommandContext, CommandError, WorkerSettings
 from .files import check_output_file, make_output_dir
-from .runner import ErrorLineTracker, abnormal_exit_message
+from .runner import run_program
 
 NAME = "mkvmerge"
 MKVMERGE = executables.Program("mkvmerge", ("mkvmerge", "mkvmerge.exe"), "mkvtoolnix", "https://mkvtoolnix.download/")
@@ -166,25 +165,13 @@ class MkvMerge:
 
     async def _merge(self, ctx: CommandContext, partial: str) -> bool:
         """Run mkvmerge; return whether it finished with warnings."""
-        errors = ErrorLineTracker()
         progress = _Progress(ctx, self.progress_steps)
-        argv = self.cli(partial)
-
-        def on_line(line: str) -> None:
-            errors(_plain_message(line))
-            progress.on_line(line)
-
-        try:
-            result = await run_process(argv, log=ctx.log, on_line=on_line)
-        except OSError as ex:
-            raise CommandError(
-                f"{NAME}: could not start mkvmerge ({argv[0]}): {ex.strerror or ex}; "
-                "check that the file is a program this worker can run"
-            ) from ex
-        if result.returncode not in (0, _EXIT_WARNINGS):
-            raise CommandError(abnormal_exit_message(NAME, "mkvmerge", result, errors.last))
+        outcome = await run_program(
+            NAME, self.cli(partial), ctx, program="mkvmerge", on_line=progress.on_line,
+            ok_returncodes=(0, _EXIT_WARNINGS), error_text=_plain_message,
+        )
         progress.finish()
-        return result.returncode == _EXIT_WARNINGS
+        return outcome.result.returncode == _EXIT_WARNINGS
 
     async def _check_tracks(self, index: int, source: str) -> None:
         wanted = [t.track for t in self.tracks if t.source == index]
@@ -215,7 +202,7 @@ class MkvMerge:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=os.name == "posix",
+                **spawn_kwargs(),
             )
         except OSError as ex:
             raise CommandError(
@@ -267,13 +254,7 @@ class MkvMerge:
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
-        try:
-            if os.name == "posix":
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: pgid == pid
-            else:
-                proc.kill()
-        except ProcessLookupError:
-            pass
+        signal_group(proc, kill=True)
         await proc.wait()
 
 

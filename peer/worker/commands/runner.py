@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 from ..process import LineCallback, ProcessOptions, ProcessResult, describe_returncode, run_process
@@ -52,15 +52,19 @@ async def run_program(
     program: str,
     on_line: LineCallback | None = None,
     options: ProcessOptions = ProcessOptions(),
+    ok_returncodes: Container[int] = (0,),
+    error_text: Callable[[str], str] | None = None,
 ) -> ProgramOutcome:
-    """Run `argv`; raise CommandError on start failure or a non-zero exit code.
+    """Run `argv`; raise CommandError on start failure or an exit code not in `ok_returncodes`.
 
-    `program` names what runs ("Blender") in messages.
+    `program` names what runs ("Blender") in messages. `error_text` turns an
+    output line into the text the error-line search sees (the log keeps the
+    line as printed).
     """
     errors = ErrorLineTracker()
 
     def handle_line(line: str) -> None:
-        errors(line)
+        errors(line if error_text is None else error_text(line))
         if on_line is not None:
             on_line(line)
 
@@ -72,7 +76,7 @@ async def run_program(
             "check that the file is a program this worker can run"
         ) from ex
 
-    if result.returncode != 0:
+    if result.returncode not in ok_returncodes:
         raise CommandError(abnormal_exit_message(cmd_name, program, result, errors.last))
     return ProgramOutcome(result, errors.last)
 

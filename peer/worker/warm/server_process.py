@@ -6,8 +6,9 @@ that holds a random token) in one ordered stream, so a task's last output
 line always arrives before its "done". The reader routes output lines to the
 task that runs (its log and line callback) and events to a queue.
 
-Like a cold Blender, the process gets its own process group, so stopping it
-also stops anything it started.
+Like a cold Blender, the process is started with `process.spawn_kwargs()`:
+it gets its own process group, so stopping it also stops anything it
+started, and (on Linux) it dies with the peer even when the peer is killed.
 """
 
 from __future__ import annotations
@@ -17,38 +18,34 @@ import atexit
 import codecs
 import json
 import logging
-import os
 import secrets
-import signal
 import subprocess
-import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..process import LineCallback, LogFunc, split_lines
+from ..process import LineCallback, LogFunc, signal_group, spawn_kwargs, split_lines
 
 log = logging.getLogger(__name__)
 
 SERVER_SCRIPT = Path(__file__).with_name("blender_server.py")
 _READ_SIZE = 64 * 1024
-_IS_WINDOWS = sys.platform == "win32"
-_CREATION_FLAGS: int = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if _IS_WINDOWS else 0
 TAIL_LINES = 12
 # Events after which the server's output no longer belongs to the task.
 TASK_END_EVENTS = frozenset({"done", "load_failed", "protocol_error"})
 
-# Process groups still running, killed if the worker exits without closing
-# its pool (a server whose stdin closes also quits, but only between tasks).
-_LIVE_GROUPS: set[int] = set()
+# Processes still running, their groups killed if the worker exits without
+# closing its pool (a server whose stdin closes also quits, but only between
+# tasks).
+_LIVE: set[asyncio.subprocess.Process] = set()
 
 
 @atexit.register
 def _kill_leftovers() -> None:
-    for pid in list(_LIVE_GROUPS):
-        _signal_group(pid, signal.SIGKILL if not _IS_WINDOWS else signal.SIGTERM)
+    for proc in list(_LIVE):
+        signal_group(proc, kill=True)
 
 
 @dataclass
@@ -73,7 +70,7 @@ class WarmProcess:
         self.ready = True  # no reset in progress
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read(), name=f"warm-blender-{proc.pid}")
-        _LIVE_GROUPS.add(proc.pid)
+        _LIVE.add(proc)
 
     @classmethod
     async def start(cls, exe: str, process_args: Sequence[str]) -> WarmProcess:
@@ -85,8 +82,7 @@ class WarmProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=not _IS_WINDOWS,
-            creationflags=_CREATION_FLAGS,
+            **spawn_kwargs(),
         )
         return cls(proc, f"@warm-{token}@ ", argv)
 
@@ -138,13 +134,13 @@ class WarmProcess:
                     self._proc.stdin.close()
                 await self.wait_exit(2.0)
             if self._proc.returncode is None:
-                _signal_group(self.pid, signal.SIGTERM)
+                signal_group(self._proc, kill=False)
                 await self.wait_exit(grace)
         finally:
             # Also reached when a second cancellation interrupts the above:
             # nothing of the group may outlive the pool's decision to stop it.
-            _signal_group(self.pid, signal.SIGKILL if not _IS_WINDOWS else signal.SIGTERM)
-            _LIVE_GROUPS.discard(self.pid)
+            signal_group(self._proc, kill=True)
+            _LIVE.discard(self._proc)
             if self._proc.returncode is None:
                 try:
                     await self.wait_exit(1.0)
@@ -221,16 +217,3 @@ class WarmProcess:
         except Exception:
             log.exception("warm Blender pid=%d: the task's output handler failed", self.pid)
 
-
-def _signal_group(pid: int, sig: int) -> None:
-    if _IS_WINDOWS:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-        return
-    try:
-        # start_new_session made the process a group leader (pgid == pid).
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
