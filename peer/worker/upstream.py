@@ -31,7 +31,7 @@ import concurrent.futures
 import logging
 import sqlite3
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -100,6 +100,12 @@ class UpstreamBuffer:
         self._conn: sqlite3.Connection | None = None
         self.count = 0  # rows queued; kept in memory so callers need no disk read
         self._base = 1
+        # The row with the highest position, mirrored in memory: while the
+        # coordinator is away every queued update looks at it, and reading it
+        # from disk each time would cost a read per log line.
+        self._last: Update | None = None
+        self._last_position = 0
+        self._last_known = True
 
     async def _run(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -114,11 +120,13 @@ class UpstreamBuffer:
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
             self._conn = conn
-            count, last = conn.execute("SELECT COUNT(*), COALESCE(MAX(position), 0) FROM updates").fetchone()
+            (count,) = conn.execute("SELECT COUNT(*) FROM updates").fetchone()
+            self._last, self._last_position = _read_last(conn)
+            self._last_known = True
             # This run's rows go after every earlier run's, ordered by seq: an
             # update whose direct send failed late still lands before the
             # ones queued while it was on its way.
-            self._base = last + 1
+            self._base = self._last_position + 1
             return count
 
         try:
@@ -139,15 +147,20 @@ class UpstreamBuffer:
 
     async def append(self, update: Update) -> None:
         body = msgpack.packb(update.fields, use_bin_type=True)
+        position = self._base + update.seq
 
         def insert() -> None:
             assert self._conn is not None
             self._conn.execute(
                 "INSERT INTO updates (position, stream, seq, task_id, final, body) VALUES (?, ?, ?, ?, ?, ?)",
-                (self._base + update.seq, update.stream, update.seq, update.task_id, int(update.final), body))
+                (position, update.stream, update.seq, update.task_id, int(update.final), body))
 
         await self._run(insert)
         self.count += 1
+        # A direct send that failed late lands before rows queued meanwhile:
+        # the appended row is not always the last one.
+        if self._last_known and position > self._last_position:
+            self._last, self._last_position = _copy(update), position
 
     async def replace(self, update: Update) -> None:
         """Rewrite a queued row (a merge into a row that was never sent)."""
@@ -159,6 +172,8 @@ class UpstreamBuffer:
                                (body, int(update.final), update.stream, update.seq))
 
         await self._run(rewrite)
+        if self._last is not None and self._last.key == update.key:
+            self._last = _copy(update)
 
     async def first(self, limit: int = 32) -> list[Update]:
         def read() -> list[Update]:
@@ -171,13 +186,15 @@ class UpstreamBuffer:
         return await self._run(read)
 
     async def last(self) -> Update | None:
-        def read() -> Update | None:
-            assert self._conn is not None
-            row = self._conn.execute(
-                "SELECT stream, seq, task_id, final, body FROM updates ORDER BY position DESC LIMIT 1").fetchone()
-            return Update(row[2], _unpack(row[4]), bool(row[3]), row[0], row[1]) if row else None
+        """The newest row (a copy: changing it changes nothing until `replace`)."""
+        if not self._last_known:
+            def read() -> tuple[Update | None, int]:
+                assert self._conn is not None
+                return _read_last(self._conn)
 
-        return await self._run(read)
+            self._last, self._last_position = await self._run(read)
+            self._last_known = True
+        return _copy(self._last) if self._last is not None else None
 
     async def remove(self, update: Update) -> None:
         def delete() -> int:
@@ -186,6 +203,15 @@ class UpstreamBuffer:
 
         removed = await self._run(delete)
         self.count = max(0, self.count - removed)
+        if self.count == 0:
+            self.emptied()
+        elif self._last is not None and self._last.key == update.key:
+            self._last_known = False  # read again when next needed
+
+    def emptied(self) -> None:
+        """Note that no row is queued (the table was found empty)."""
+        self.count = 0
+        self._last, self._last_position, self._last_known = None, 0, True
 
     async def tasks(self) -> dict[str, bool]:
         """Tasks with queued updates, oldest first: task id -> whether its final status is queued."""
@@ -201,6 +227,20 @@ class UpstreamBuffer:
 
 class UpstreamError(Exception):
     pass
+
+
+def _read_last(conn: sqlite3.Connection) -> tuple[Update | None, int]:
+    """The row with the highest position and that position (0 when the queue is empty)."""
+    row = conn.execute(
+        "SELECT stream, seq, task_id, final, body, position FROM updates ORDER BY position DESC LIMIT 1").fetchone()
+    if row is None:
+        return None, 0
+    stream, seq, task_id, final, body, position = row
+    return Update(task_id, _unpack(body), bool(final), stream, seq), position
+
+
+def _copy(update: Update) -> Update:
+    return replace(update, fields=dict(update.fields))
 
 
 def _unpack(body: bytes) -> dict[str, Any]:
@@ -226,7 +266,8 @@ class Upstream:
         self._next_seq = 1
         self._queue_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
-        # Rows this process has sent at least once: never merged into again.
+        # Keys of updates on their way or sent at least once and still
+        # queued: their rows are never merged into. Dropped once delivered.
         self._sent: set[tuple[str, int]] = set()
 
     @property
@@ -258,11 +299,14 @@ class Upstream:
         try:
             self._sent.add(update.key)
             try:
-                return await send(update)
+                answer = await send(update)
             except BaseException:
                 # Even when cancelled (shutdown): the update must not be lost.
                 await asyncio.shield(self._append(update))
                 raise
+            # Delivered and never queued: no row can be merged into by mistake.
+            self._sent.discard(update.key)
+            return answer
         finally:
             self._send_lock.release()
 
@@ -294,7 +338,7 @@ class Upstream:
                 async with self._queue_lock:
                     batch = await self.buffer.first(1) if self.buffer.count else []
                     if not batch:
-                        self.buffer.count = 0
+                        self.buffer.emptied()
                         return answers
                     queued = batch[0]
                     self._sent.add(queued.key)
@@ -303,6 +347,8 @@ class Upstream:
                 # (applied it, or refused it for good): it leaves the queue.
                 async with self._queue_lock:
                     await self.buffer.remove(queued)
+                # Its row is gone, so nothing can be merged into it any more.
+                self._sent.discard(queued.key)
                 answers.append(Delivered(queued, status, reply))
                 if status >= 400:
                     message = reply.get("message") if isinstance(reply, dict) else reply

@@ -178,6 +178,52 @@ async def test_an_update_whose_send_fails_late_still_goes_before_later_ones(upst
     assert order == [1, 2]
 
 
+async def test_progress_merges_into_the_newest_row_even_after_a_late_failure(upstream, tmp_path):
+    """The row a late-failing send lands in is not the newest one: later progress merges behind it."""
+    release = asyncio.Event()
+
+    async def slow_then_down(update: Update) -> tuple[int, Any]:
+        if update.seq == 1:
+            await release.wait()
+        raise CoordinatorGone("down")
+
+    first = asyncio.create_task(upstream.submit(Update("t1", {"log": "1\n"}), slow_then_down))
+    await asyncio.sleep(0.01)
+    assert await upstream.submit(Update("t1", {"log": "2\n"}), slow_then_down) is None
+    release.set()
+    with pytest.raises(CoordinatorGone):
+        await first
+    assert await upstream.submit(Update("t1", {"log": "3\n", "steps_completed": 3}), slow_then_down) is None
+    on_disk = rows(buffer_path(tmp_path))
+    # Row 1 was sent once, so it is never changed; 3 joins 2, the newest row.
+    assert [(r[1], r[3]) for r in on_disk] == [(1, 0), (2, 0)]
+    send = ScriptedSend()
+    await upstream.flush(send)
+    assert [(s["log"], s.get("steps_completed")) for s in send.sent] == [("1\n", None), ("2\n3\n", 3)]
+
+
+async def test_delivered_updates_are_not_remembered(upstream):
+    """Only queued rows that were sent need remembering; a long-running worker must not grow without end."""
+    send = ScriptedSend()
+    for n in range(50):
+        assert await upstream.submit(Update("t1", {"log": f"{n}\n"}), send) is not None
+    assert upstream._sent == set()
+    send.down = True
+    with pytest.raises(CoordinatorGone):
+        await upstream.submit(Update("t1", {"log": "lost\n"}), send)
+    assert await upstream.submit(Update("t1", {"log": "queued\n"}), send) is None
+    assert len(upstream._sent) == 1  # the failed row: never merged into
+    send.down = False
+    await upstream.flush(send)
+    assert upstream._sent == set() and upstream.pending == 0
+    # With the queue empty, the next outage starts a new row as before.
+    send.down = True
+    with pytest.raises(CoordinatorGone):
+        await upstream.submit(Update("t1", {"log": "again\n"}), send)
+    assert await upstream.submit(Update("t1", {"log": "merged?\n"}), send) is None
+    assert upstream.pending == 2
+
+
 async def test_the_queue_survives_a_restart_and_comes_first(tmp_path):
     path = buffer_path(tmp_path)
     send = ScriptedSend()
