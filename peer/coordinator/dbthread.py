@@ -87,31 +87,28 @@ class DBThread:
         # Started with the first call, like a ThreadPoolExecutor's.
         self._thread = threading.Thread(target=self._serve, name=f"{name}_0", daemon=True)
         self._after = _AfterCommit(f"{name}-after")
-        # Like a ThreadPoolExecutor: work already queued finishes before the
-        # interpreter exits, even if nobody called shutdown().
-        atexit.register(_shutdown_at_exit, weakref.ref(self))
+        _live_threads.add(self)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._put(_Job(fn, args, None, None, future, loop))
-        return await future
+        return await self._submit(fn, args, None, None)
 
     async def run_unordered(self, fn: Callable[..., T], *args: object) -> T:
         """``run`` for a read of the database alone: it need not wait for the
         after-commit work of earlier groups (their log files)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._put(_Job(fn, args, None, None, future, loop, ordered=False))
-        return await future
+        return await self._submit(fn, args, None, None, ordered=False)
 
     async def run_grouped(self, group: GroupFn, item: object) -> Any:
         """Hand ``item`` to ``group`` together with the grouped calls queued
         right after it (same ``group``, nothing else in between)."""
+        return await self._submit(None, (), group, item)
+
+    def _submit(self, fn: Callable[..., Any] | None, args: tuple[Any, ...], group: GroupFn | None, item: Any,
+                *, ordered: bool = True) -> asyncio.Future[Any]:
+        """Queue one call from the running event loop; the future settles there."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._put(_Job(None, (), group, item, future, loop))
-        return await future
+        self._put(_Job(fn, args, group, item, future, loop, ordered))
+        return future
 
     def run_sync(self, fn: Callable[..., T], *args: object) -> T:
         """For start-up and shutdown code that is not inside the loop yet."""
@@ -262,7 +259,13 @@ def _settle_in_loop(settled: list[tuple[asyncio.Future[Any], Outcome[Any]]]) -> 
             future.set_result(outcome.value)
 
 
-def _shutdown_at_exit(ref: weakref.ReferenceType[DBThread]) -> None:
-    thread = ref()
-    if thread is not None:
+# Like a ThreadPoolExecutor: work already queued finishes before the
+# interpreter exits, even if nobody called shutdown(). One exit hook for all
+# threads; the set holds them weakly, so a dropped DBThread is not kept alive.
+_live_threads: weakref.WeakSet[DBThread] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    for thread in list(_live_threads):
         thread.shutdown()

@@ -230,7 +230,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
-    data = dict(data)
+    return _build(dict(data))
+
+
+def _build(data: dict[str, Any]) -> Event:
+    """The event ``data`` describes; takes ``data`` over (pops its kind)."""
     kind = data.pop("kind", None)
     try:
         cls = EVENT_TYPES[kind]
@@ -261,9 +265,4 @@ def from_wire(blob: bytes) -> Event:
     data = msgpack.unpackb(blob, raw=False)
     if not isinstance(data, dict):
         raise ValueError(f"an event is a msgpack map, not {type(data).__name__}")
-    kind = data.pop("kind", None)  # a fresh dict: no copy needed, unlike event_from_dict
-    try:
-        cls = EVENT_TYPES[kind]
-    except KeyError:
-        raise ValueError(f"unknown event kind {kind!r}") from None
-    return cls(**data)
+    return _build(data)  # a fresh dict: no copy needed, unlike event_from_dict

@@ -70,12 +70,7 @@ def current_task_of(tx: Transaction, worker_id: str) -> str | None:
     return row["id"] if row else None
 
 
-def pick_task(tx: Transaction, worker: WorkerProfile) -> str | None:
-    picked = _pick(tx, worker)
-    return picked[0] if picked else None
-
-
-def _pick(tx: Transaction, worker: WorkerProfile) -> tuple[str, str] | None:
+def pick_task(tx: Transaction, worker: WorkerProfile) -> tuple[str, str] | None:
     """(task id, job id) of the task ``worker`` should run next."""
     if not worker.supported_task_types:
         return None
@@ -100,7 +95,7 @@ def _pick(tx: Transaction, worker: WorkerProfile) -> tuple[str, str] | None:
 
 def assign_next_task(tx: Transaction, worker: WorkerProfile, at: str) -> str | None:
     """Pick a task for ``worker`` and assign it (task → active, job → active)."""
-    picked = _pick(tx, worker)
+    picked = pick_task(tx, worker)
     if picked is None:
         return None
     task_id, job_id = picked

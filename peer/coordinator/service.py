@@ -32,11 +32,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WORKER_SETTABLE_TASK_STATUSES = ("active", "completed", "failed")
-# Statuses a person may ask a worker for. Flamenco also offers "offline" and
-# "restart", which would stop or restart someone's flamenco-peer remotely.
-REQUESTABLE_WORKER_STATUSES = ("asleep", "awake")
-# Statuses a worker reports about itself (worker/state-changed).
-WORKER_REPORTED_STATUSES = ("asleep", "awake")
+# Statuses a person may ask a worker for, and the worker reports reaching
+# (worker/state-changed). Flamenco also offers "offline" and "restart", which
+# would stop or restart someone's flamenco-peer remotely.
+SLEEP_STATUSES = ("asleep", "awake")
 
 
 class APIError(Exception):
@@ -241,6 +240,9 @@ class Coordinator:
 
     async def _read(self, fn: Callable[[Transaction], T]) -> T:
         return await self.db.run(lambda: fn(self.store.read()))
+
+    async def _wait_for_work_change(self, version: int, remaining: float) -> None:
+        await _wait_for_change(self._work_changed, lambda: self._work_version, version, remaining)
 
     async def _after_events(self, emitted: list[ev.Event]) -> None:
         if any(_may_free_work(e) or isinstance(e, ev.WorkerStatusRequested) for e in emitted):
@@ -484,23 +486,16 @@ class Coordinator:
             worker_id, name, tuple(t.lower() for t in supported_task_types), tuple(tags or ()))
         if current_task:
             self._task_progress[current_task] = time.monotonic()
-        self._workers[worker_id] = WorkerPresence(profile, address, platform, software)
+        presence = self._workers[worker_id] = WorkerPresence(profile, address, platform, software)
         at = status_machine.now()
 
         def register(tx: Transaction) -> None:
-            tx.emit(ev.WorkerUpdated(
-                worker_id=worker_id, name=name, address=address, platform=platform, software=software,
-                status="awake", supported_task_types=list(profile.supported_task_types), at=at,
-            ))
+            tx.emit(_worker_updated(worker_id, presence, "awake", at))
             if current_task:
                 _keep_running_task(tx, worker_id, name, current_task, at)
             # Whatever this worker held before and no longer runs (or holds
             # prefetched) is lost: requeue it.
-            orphans = [
-                r["id"] for r in tx.query(
-                    "SELECT id FROM tasks WHERE worker_id=? AND status='active'", (worker_id,))
-                if r["id"] != current_task and r["id"] != prefetched_task
-            ]
+            orphans = [t for t in _tasks_held_by(tx, worker_id) if t not in (current_task, prefetched_task)]
             if orphans:
                 status_machine.requeue_tasks(tx, orphans, f"worker {name} restarted and no longer runs it", at)
 
@@ -516,12 +511,8 @@ class Coordinator:
         at = status_machine.now()
 
         def gone(tx: Transaction) -> None:
-            p = presence
-            tx.emit(ev.WorkerUpdated(
-                worker_id=worker_id, name=p.profile.name, address=p.address, platform=p.platform,
-                software=p.software, status=status, supported_task_types=list(p.profile.supported_task_types), at=at,
-            ))
-            active = [r["id"] for r in tx.query("SELECT id FROM tasks WHERE worker_id=? AND status='active'", (worker_id,))]
+            tx.emit(_worker_updated(worker_id, presence, status, at))
+            active = _tasks_held_by(tx, worker_id)
             if active:
                 status_machine.requeue_tasks(tx, active, why, at)
 
@@ -600,13 +591,7 @@ class Coordinator:
                 return None
             if version != self._work_version:
                 continue
-            async with self._work_changed:
-                if version == self._work_version:
-                    try:
-                        async with asyncio.timeout(remaining):
-                            await self._work_changed.wait()
-                    except TimeoutError:
-                        pass
+            await self._wait_for_work_change(version, remaining)
 
     async def task_update(
         self, worker_id: str, task_id: str, update: TaskUpdate, *, claim_next: bool = False,
@@ -716,13 +701,7 @@ class Coordinator:
             remaining = deadline - time.monotonic()
             if not verdict["may_keep_running"] or remaining <= 0:
                 return verdict
-            async with self._tasks_changed:
-                if version == self._tasks_version:
-                    try:
-                        async with asyncio.timeout(remaining):
-                            await self._tasks_changed.wait()
-                    except TimeoutError:
-                        pass
+            await _wait_for_change(self._tasks_changed, lambda: self._tasks_version, version, remaining)
 
     # --- worker status: sleep and wake --------------------------------------
 
@@ -731,9 +710,9 @@ class Coordinator:
 
         Sleeping at once (not lazy) requeues the worker's tasks; a lazy request
         lets it finish the task it runs first."""
-        if status not in REQUESTABLE_WORKER_STATUSES:
+        if status not in SLEEP_STATUSES:
             raise APIError(
-                422, f"a worker can be asked to be {' or '.join(map(repr, REQUESTABLE_WORKER_STATUSES))}, "
+                422, f"a worker can be asked to be {' or '.join(map(repr, SLEEP_STATUSES))}, "
                      f"not {status!r}; to stop a peer's worker for good, stop flamenco-peer on that computer "
                      "or set its worker mode to 'never'")
         at = status_machine.now()
@@ -764,27 +743,17 @@ class Coordinator:
             if change is None or remaining <= 0:
                 return {"status_requested": change["status"] if change else "awake",
                         "is_lazy": bool(change and change["is_lazy"])}
-            async with self._work_changed:
-                if version == self._work_version:
-                    try:
-                        async with asyncio.timeout(remaining):
-                            await self._work_changed.wait()
-                    except TimeoutError:
-                        pass
+            await self._wait_for_work_change(version, remaining)
 
     async def worker_status_changed(self, worker_id: str, status: str) -> None:
         """The worker says it went to sleep or woke up."""
-        if status not in WORKER_REPORTED_STATUSES:
-            raise APIError(400, f"a worker may report itself {' or '.join(map(repr, WORKER_REPORTED_STATUSES))}, "
+        if status not in SLEEP_STATUSES:
+            raise APIError(400, f"a worker may report itself {' or '.join(map(repr, SLEEP_STATUSES))}, "
                                 f"not {status!r}")
         presence = self._presence(worker_id)
         presence.status = status
         at = status_machine.now()
-        p = presence
-        await self._write(lambda tx: tx.emit(ev.WorkerUpdated(
-            worker_id=worker_id, name=p.profile.name, address=p.address, platform=p.platform,
-            software=p.software, status=status, supported_task_types=list(p.profile.supported_task_types), at=at,
-        )))
+        await self._write(lambda tx: tx.emit(_worker_updated(worker_id, presence, status, at)))
 
     # --- blocklist --------------------------------------------------------
 
@@ -922,6 +891,19 @@ class Coordinator:
         return "idle"
 
 
+async def _wait_for_change(changed: asyncio.Condition, current: Callable[[], int], version: int,
+                           remaining: float) -> None:
+    """Wait (at most ``remaining`` s) until ``current()`` moves past ``version``;
+    returns at once if it already has (a change between the read and the wait)."""
+    async with changed:
+        if current() == version:
+            try:
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+            except TimeoutError:
+                pass
+
+
 def _keep_running_task(tx: Transaction, worker_id: str, name: str, task_id: str, at: str) -> None:
     """A worker signs on running a task this coordinator has as queued (it never
     saw the assignment: a partition, or a follower that lagged). Workers are the
@@ -940,6 +922,13 @@ def _keep_running_task(tx: Transaction, worker_id: str, name: str, task_id: str,
     tx.emit(ev.TaskAssigned(task_id=task_id, worker_id=worker_id, at=at))
     tx.task_log(task_id, f"{at} worker {name} ({worker_id}) signed on running this task; it keeps it")
     status_machine.update_job_after_task_change(tx, row["job_id"], "active", at)
+
+
+def _worker_updated(worker_id: str, p: WorkerPresence, status: str, at: str) -> ev.WorkerUpdated:
+    return ev.WorkerUpdated(
+        worker_id=worker_id, name=p.profile.name, address=p.address, platform=p.platform, software=p.software,
+        status=status, supported_task_types=list(p.profile.supported_task_types), at=at,
+    )
 
 
 def _any_idle(tx: Transaction, worker_ids: list[str]) -> bool:

@@ -147,17 +147,15 @@ def update_job_after_task_change(tx: Transaction, job_id: str, task_status: str,
         # of the whole job (which costs time in proportion to its size).
         if not _has_unfinished_task(tx, job_id):
             _emit_job_status(tx, job_id, "completed", "All tasks completed", at)
-        elif job_status == "pause-requested" and _maybe_finish_pause(
-                tx, job_id, job_status, _has_task_with_status(tx, job_id, "active"), at):
+        elif _maybe_finish_pause(tx, job_id, job_status, at):
             pass
         elif job_status == "queued":
             _emit_job_status(tx, job_id, "active", "", at)
         return
 
-    counts = _task_counts(tx, job_id)
-    total = sum(counts.values())
-
     if task_status == "failed":
+        counts = _task_counts(tx, job_id)
+        total = sum(counts.values())
         failed = counts.get("failed", 0)
         percentage = current_policy().job_fail_percentage
         if total and math.floor(failed / total * 100) >= percentage:
@@ -166,22 +164,23 @@ def update_job_after_task_change(tx: Transaction, job_id: str, task_status: str,
                     tx, job_id, "failed",
                     f"{failed} of {total} tasks failed ({percentage}% or more)", at,
                 )
-        elif _maybe_finish_pause(tx, job_id, job_status, counts.get("active", 0) > 0, at):
+        elif _maybe_finish_pause(tx, job_id, job_status, at):
             pass
         elif job_status == "queued":
             _emit_job_status(tx, job_id, "active", "", at)
         return
 
     if task_status == "canceled":
+        counts = _task_counts(tx, job_id)
         if not any(counts.get(s, 0) for s in ("active", "queued", "soft-failed")):
             if job_status not in ("canceled", "failed", "completed"):
                 _emit_job_status(tx, job_id, "canceled", "All tasks were canceled", at)
         else:
-            _maybe_finish_pause(tx, job_id, job_status, counts.get("active", 0) > 0, at)
+            _maybe_finish_pause(tx, job_id, job_status, at)
         return
 
     if task_status == "paused":
-        _maybe_finish_pause(tx, job_id, job_status, counts.get("active", 0) > 0, at)
+        _maybe_finish_pause(tx, job_id, job_status, at)
         return
 
     if task_status == "queued":
@@ -191,11 +190,12 @@ def update_job_after_task_change(tx: Transaction, job_id: str, task_status: str,
         return
 
 
-def _maybe_finish_pause(tx: Transaction, job_id: str, job_status: str, any_active: bool, at: str) -> bool:
-    if job_status == "pause-requested" and not any_active:
-        _emit_job_status(tx, job_id, "paused", "All active tasks finished; job paused", at)
-        return True
-    return False
+def _maybe_finish_pause(tx: Transaction, job_id: str, job_status: str, at: str) -> bool:
+    """A pausing job whose last active task stopped is paused; True if that happened now."""
+    if job_status != "pause-requested" or _has_task_with_status(tx, job_id, "active"):
+        return False
+    _emit_job_status(tx, job_id, "paused", "All active tasks finished; job paused", at)
+    return True
 
 
 # --- job status changes ----------------------------------------------------

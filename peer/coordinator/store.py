@@ -67,6 +67,9 @@ class TermSegment:
     def term(self) -> Term:
         return (self.epoch, self.leader)
 
+# Every event lands in the log through this one statement (decided here or replicated).
+_INSERT_EVENT = "INSERT INTO events (idx, at, kind, body, epoch, leader) VALUES (?, ?, ?, ?, ?, ?)"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -125,9 +128,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status);
 CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks(job_id, index_in_job);
-CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks(worker_id);
 -- A worker's active tasks, asked on every claim: without status in the index,
--- the lookup reads the worker's whole history.
+-- the lookup reads the worker's whole history. It also serves lookups by
+-- worker alone (its leading column).
 CREATE INDEX IF NOT EXISTS tasks_by_worker_status ON tasks(worker_id, status);
 -- The scheduler's per-job lookup of the next runnable task (scheduler.pick_task).
 CREATE INDEX IF NOT EXISTS tasks_pick ON tasks(job_id, status, priority DESC, index_in_job);
@@ -217,13 +220,11 @@ class Transaction:
             self.emit(ev.TaskLogged(task_id=task_id, lines=lines))
 
     def emit(self, event: ev.Event) -> None:
-        self._append(event, ev.to_wire(event), idx=None, term=self.term)
-
-    def _append(self, event: ev.Event, body: bytes, *, idx: int | None, term: Term) -> None:
         _APPLY[type(event)](self.conn, event)
+        epoch, leader = self.term
         cur = self.conn.execute(
-            "INSERT INTO events (idx, at, kind, body, epoch, leader) VALUES (?, ?, ?, ?, ?, ?)",
-            (idx, getattr(event, "at", "") or "", event.kind, body, term[0], term[1]),
+            _INSERT_EVENT,
+            (None, getattr(event, "at", "") or "", event.kind, ev.to_wire(event), epoch, leader),
         )
         self.last_index = int(cur.lastrowid or 0)
         self.emitted.append(event)
@@ -234,10 +235,7 @@ class Transaction:
             event = ev.from_wire(entry.body)
             _APPLY[type(event)](self.conn, event)
             self.emitted.append(event)
-        self.conn.executemany(
-            "INSERT INTO events (idx, at, kind, body, epoch, leader) VALUES (?, ?, ?, ?, ?, ?)",
-            [(e.idx, e.at, e.kind, e.body, e.epoch, e.leader) for e in entries],
-        )
+        self.conn.executemany(_INSERT_EVENT, [(e.idx, e.at, e.kind, e.body, e.epoch, e.leader) for e in entries])
         if entries:
             self.last_index = entries[-1].idx
 
@@ -285,6 +283,9 @@ class JobStore:
                 f"{self.path} was written by a newer Flamenco Peer (schema {row[0]}, "
                 f"this one understands {SCHEMA_VERSION}); upgrade flamenco-peer or use another --data-dir"
             )
+        # Superseded by tasks_by_worker_status (same leading column): stores
+        # written before it lose the copy that only cost time on every write.
+        conn.execute("DROP INDEX IF EXISTS tasks_by_worker")
         _add_missing_columns(conn, {
             "jobs": ["files TEXT NOT NULL DEFAULT ''"],
             "tasks": ["started TEXT NOT NULL DEFAULT ''", "finished TEXT NOT NULL DEFAULT ''"],
@@ -322,26 +323,17 @@ class JobStore:
         protocol's high-rate writes, which a worker repeats or a task rerun
         recovers; submissions and people's actions stay fully durable."""
         conn = self.conn
-        if not durable:
-            conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            yield from self._transaction(conn, term)
-        finally:
-            if not durable:
-                conn.execute("PRAGMA synchronous=FULL")
-
-    def _transaction(self, conn: sqlite3.Connection, term: Term) -> Iterator[Transaction]:
-        conn.execute("BEGIN IMMEDIATE")
-        tx = Transaction(conn, term)
-        try:
-            yield tx
-            tx.flush_task_logs()
-            log_paths = self._index_task_logs(tx)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with _synchronous(conn, durable):
+            conn.execute("BEGIN IMMEDIATE")
+            tx = Transaction(conn, term)
+            try:
+                yield tx
+                log_paths = self._finish_write(tx)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
         self._write_log_files(tx, log_paths)
 
     def transaction_group(self, writes: Sequence[GroupedWrite]) -> GroupDone:
@@ -355,14 +347,8 @@ class JobStore:
         (``GroupDone.then``): the event log is the truth, the files its copy.
         """
         conn = self.conn
-        durable = any(w.durable for w in writes)
-        if not durable:
-            conn.execute("PRAGMA synchronous=NORMAL")
-        try:
+        with _synchronous(conn, any(w.durable for w in writes)):
             return self._group(conn, writes)
-        finally:
-            if not durable:
-                conn.execute("PRAGMA synchronous=FULL")
 
     def _group(self, conn: sqlite3.Connection, writes: Sequence[GroupedWrite]) -> GroupDone:
         outcomes: list[Outcome[tuple[Any, Transaction]] | None] = [None] * len(writes)
@@ -376,8 +362,7 @@ class JobStore:
                     conn.execute("SAVEPOINT write")
                 try:
                     result = write.fn(tx)
-                    tx.flush_task_logs()
-                    paths = self._index_task_logs(tx)
+                    paths = self._finish_write(tx)
                 except BaseException as exc:
                     outcomes[i] = Outcome(error=exc)
                     if alone or not conn.in_transaction:  # (SQLite itself gave up the transaction)
@@ -407,6 +392,12 @@ class JobStore:
                 raise failed
 
         return GroupDone([o for o in outcomes if o is not None], write_log_files if landed else None)
+
+    def _finish_write(self, tx: Transaction) -> dict[str, Path]:
+        """The last step of a write, inside its transaction: its buffered log
+        lines become events and their files get indexed; task id -> log path."""
+        tx.flush_task_logs()
+        return self._index_task_logs(tx)
 
     def _index_task_logs(self, tx: Transaction) -> dict[str, Path]:
         """Record (once) where each logged task's file lives; task id -> path."""
@@ -536,6 +527,20 @@ class JobStore:
                             (row["id"], row["job_id"], str(path.relative_to(self.logs.root))),
                         )
         return suffix
+
+
+@contextmanager
+def _synchronous(conn: sqlite3.Connection, durable: bool) -> Iterator[None]:
+    """``synchronous=NORMAL`` for a non-durable write (no fsync at COMMIT),
+    back to the store's FULL afterwards (see ``JobStore.transaction``)."""
+    if durable:
+        yield
+        return
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")
 
 
 def _add_missing_columns(conn: sqlite3.Connection, wanted: dict[str, list[str]]) -> None:

@@ -4,6 +4,8 @@ yet each keeps its own result, its own failure and its own log entries."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -265,3 +267,33 @@ async def test_shutdown_finishes_the_work_after_the_last_group():
     await db.run_grouped(lambda items: GroupDone([Outcome(value=None)] * len(items), slow_then), "x")
     await asyncio.to_thread(db.shutdown)
     assert written.is_set()
+
+
+def test_threads_share_one_exit_hook_that_finishes_their_work(tmp_path: Path):
+    """An interpreter that exits without shutdown() still finishes each DBThread's
+    after-commit work; making more threads registers no more exit hooks."""
+    marks = [tmp_path / f"written-{i}" for i in range(3)]
+    script = f"""
+import asyncio, atexit, pathlib, threading
+from peer.coordinator.dbthread import DBThread, GroupDone, Outcome
+
+hooks = atexit._ncallbacks()
+threads = [DBThread(f"exit-test-{{i}}") for i in range(3)]
+assert atexit._ncallbacks() == hooks, (hooks, atexit._ncallbacks())
+
+def late_write(mark):
+    def then():
+        threading.Event().wait(0.2)  # still running when the interpreter starts to exit
+        pathlib.Path(mark).write_text("done")
+    return then
+
+async def main():
+    for thread, mark in zip(threads, {[str(m) for m in marks]!r}):
+        await thread.run_grouped(lambda items, mark=mark: GroupDone([Outcome()] * len(items), late_write(mark)), 0)
+
+asyncio.run(main())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [m.read_text() for m in marks] == ["done"] * 3

@@ -162,3 +162,22 @@ def test_schema_2_database_gains_run_times_and_status_requests(tmp_path):
         assert {"status_requested", "lazy_status_request"} <= columns
     finally:
         store.close()
+
+
+def test_a_store_loses_the_index_that_tasks_by_worker_status_superseded(tmp_path):
+    path = tmp_path / "peer.sqlite"
+    open_store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE INDEX tasks_by_worker ON tasks(worker_id)")  # as stores written before it have
+    conn.commit()
+    conn.close()
+    store = open_store(path)
+    try:
+        indexes = {r[0] for r in store.read().query("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "tasks_by_worker_status" in indexes
+        assert "tasks_by_worker" not in indexes
+        plan = " ".join(r["detail"] for r in store.read().query(
+            "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE worker_id=?", ("w",)))
+        assert "tasks_by_worker_status" in plan  # lookups by worker alone still use an index
+    finally:
+        store.close()
