@@ -148,17 +148,30 @@ def sign_headers(
     ``path_qs`` is the request target as sent on the wire (``URL.raw_path_qs``).
     ``now`` and ``nonce`` exist for tests; leave them out.
     """
+    return _sign_headers(
+        identity.farm_id, _signing_key(identity), peer_id, method, path_qs, body, now=now, nonce=nonce,
+    )
+
+
+def _signing_key(identity: FarmIdentity) -> bytes:
+    return identity.derive_key("request signing")
+
+
+def _sign_headers(
+    farm_id: str, key: bytes, peer_id: str, method: str, path_qs: str, body: bytes, *,
+    now: float | None = None, nonce: str | None = None,
+) -> dict[str, str]:
     if not _PEER_ID.match(peer_id):
         raise ValueError(f"peer id {peer_id!r} cannot be used in a signature: 1-128 of [A-Za-z0-9._:-]")
     time_ms = int((time.time() if now is None else now) * 1000)
     nonce = new_nonce() if nonce is None else nonce
-    canonical = _canonical(identity.farm_id, peer_id, method, path_qs, time_ms, nonce, body)
+    canonical = _canonical(farm_id, peer_id, method, path_qs, time_ms, nonce, body)
     return {
-        HEADER_FARM: identity.farm_id,
+        HEADER_FARM: farm_id,
         HEADER_PEER: peer_id,
         HEADER_TIME: str(time_ms),
         HEADER_NONCE: nonce,
-        HEADER_SIGNATURE: _signature(identity.derive_key("request signing"), canonical),
+        HEADER_SIGNATURE: _signature(key, canonical),
     }
 
 
@@ -169,11 +182,12 @@ def signing_middleware(identity: FarmIdentity, peer_id: str) -> ClientMiddleware
     or ``signing_session``. Bodies must be bytes, text, JSON or form data (they
     are hashed before sending); stream large files as several signed requests.
     """
+    farm_id, key = identity.farm_id, _signing_key(identity)  # derived once, not per request
 
     async def sign(request: aiohttp.ClientRequest, handler: ClientHandlerType) -> aiohttp.ClientResponse:
         body = request.body
         data = await body.as_bytes() if isinstance(body, Payload) else bytes(body)
-        request.headers.update(sign_headers(identity, peer_id, request.method, request.url.raw_path_qs, data))
+        request.headers.update(_sign_headers(farm_id, key, peer_id, request.method, request.url.raw_path_qs, data))
         return await handler(request)
 
     return sign
@@ -227,7 +241,7 @@ class Verifier:
         self.max_skew_ms = int(max_skew_s * 1000)
         self.nonce_capacity = max(1, nonce_capacity)
         self.clock = clock
-        self._key = identity.derive_key("request signing")
+        self._key = _signing_key(identity)
         self._seen: dict[str, int] = {}
         self._by_time: list[tuple[int, str]] = []
         self._floor_ms = -1  # requests signed at or before this time are refused (evicted nonces)

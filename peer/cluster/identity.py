@@ -29,6 +29,7 @@ two farms with the same name still have different ids.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -92,7 +93,10 @@ class FarmIdentity:
     def generate(cls, name: str) -> FarmIdentity:
         return cls(name=name, secret=secrets.token_bytes(SECRET_BYTES))
 
-    @property
+    # Computed once: it is in every signed request. (A frozen dataclass without
+    # slots has an instance dict, which cached_property writes past __setattr__;
+    # fields alone still decide equality and hash.)
+    @functools.cached_property
     def farm_id(self) -> str:
         """Stable public id of the farm; reveals nothing about the secret."""
         return self.derive_key("farm id")[:8].hex()

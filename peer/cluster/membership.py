@@ -35,6 +35,10 @@ class Member:
 _SOURCE_STRENGTH = {"gossip": 0, "cache": 1, "mdns": 2, "seed": 3}
 
 
+def _never_forgotten(source: str | None) -> bool:
+    return _SOURCE_STRENGTH.get(source or "", 0) >= _SOURCE_STRENGTH["mdns"]
+
+
 class Membership:
     """Addresses to contact, and the peers that answered."""
 
@@ -75,7 +79,7 @@ class Membership:
             for callback in self.on_return:
                 callback(peer_id)
         if url:
-            self.add_contact(url, self.contacts.get(url, "gossip"))
+            self.add_contact(url, "gossip")  # keeps a stronger source it is already known by
             self._failing_since.pop(url, None)
         for other in state.get("known", []) or []:
             if isinstance(other, str):
@@ -86,7 +90,7 @@ class Membership:
         """A contact did not answer; gossip/cache contacts silent for long are dropped."""
         now = time.monotonic()
         since = self._failing_since.setdefault(url, now)
-        if now - since > forget_after_s and self.contacts.get(url) not in ("seed", "mdns"):
+        if now - since > forget_after_s and not _never_forgotten(self.contacts.get(url)):
             self.contacts.pop(url, None)
             self._failing_since.pop(url, None)
 

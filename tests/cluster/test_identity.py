@@ -37,6 +37,14 @@ def test_farm_id_is_derived_from_the_secret_alone() -> None:
     assert FIXED.secret.hex() not in FIXED.farm_id
 
 
+def test_a_remembered_farm_id_changes_neither_equality_nor_hash() -> None:
+    fresh = FarmIdentity(name="studio", secret=bytes(range(16)))
+    used = FarmIdentity(name="studio", secret=bytes(range(16)))
+    assert used.farm_id == FIXED.farm_id  # computed and kept on `used` only
+    assert used == fresh and hash(used) == hash(fresh)
+    assert {used: 1}[fresh] == 1
+
+
 def test_derived_keys_differ_per_purpose_and_repr_hides_the_secret() -> None:
     assert FIXED.derive_key("a") != FIXED.derive_key("b")
     assert FIXED.secret.hex() not in repr(FIXED)
