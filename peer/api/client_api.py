@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..coordinator.service import APIError, Coordinator
-from ..files.thumbnails import FILENAME as LAST_RENDERED_FILENAME
+from ..files.routes import FILES_KEY
 from ..files.thumbnails import LastRenderedStore
 
 COORDINATOR_KEY = web.AppKey("coordinator", Coordinator)
@@ -82,7 +82,7 @@ async def get_job_types(request: web.Request) -> web.Response:
 async def fetch_global_last_rendered(request: web.Request) -> web.Response:
     """The most recently rendered image of any job (registered before /jobs/{job_id})."""
     coordinator = _coordinator(request)
-    newest = await asyncio.to_thread(_newest_last_rendered, coordinator.logs.root)
+    newest = await asyncio.to_thread(_last_rendered_store(request).newest)
     if newest is None:
         return web.Response(status=204)
     return web.json_response(_last_rendered_info(coordinator.logs.root, newest))
@@ -152,7 +152,7 @@ async def set_job_priority(request: web.Request) -> web.Response:
 async def fetch_job_last_rendered(request: web.Request) -> web.Response:
     coordinator = _coordinator(request)
     job = await coordinator.get_job(request.match_info["job_id"])
-    image = LastRenderedStore(coordinator.logs.root).path_for(job["id"])
+    image = _last_rendered_store(request).path_for(job["id"])
     if not await asyncio.to_thread(image.is_file):
         return web.Response(status=204)
     return web.json_response(_last_rendered_info(coordinator.logs.root, image))
@@ -164,16 +164,13 @@ def _last_rendered_info(root: Path, image: Path) -> dict[str, Any]:
     return {"base": "/job-files/" + image.parent.relative_to(root).as_posix(), "suffixes": [image.name]}
 
 
-def _newest_last_rendered(root: Path) -> Path | None:
-    newest: tuple[float, Path] | None = None
-    for image in root.glob(f"job-*/*/{LAST_RENDERED_FILENAME}"):
-        try:
-            mtime = image.stat().st_mtime
-        except OSError:  # replaced or deleted meanwhile
-            continue
-        if newest is None or mtime > newest[0]:
-            newest = (mtime, image)
-    return newest[1] if newest else None
+def _last_rendered_store(request: web.Request) -> LastRenderedStore:
+    """The store the file routes save workers' thumbnails with (it knows the newest
+    without a scan); a peer without file routes reads the same folder afresh."""
+    files = request.app.get(FILES_KEY)
+    if files is not None and files.last_rendered is not None:
+        return files.last_rendered
+    return LastRenderedStore(_coordinator(request).logs.root)
 
 
 @routes.get("/api/v3/jobs/{job_id}/blocklist")

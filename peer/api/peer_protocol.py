@@ -45,6 +45,14 @@ def _str(body: dict[str, Any], key: str, required: bool = True) -> str:
     return value
 
 
+def _wait_s(body: dict[str, Any]) -> float:
+    """A long-poll's ``wait_s`` (default 10 s)."""
+    wait_s = body.get("wait_s", 10.0)
+    if not isinstance(wait_s, (int, float)) or wait_s < 0:
+        raise APIError(400, "field 'wait_s' must be a non-negative number")
+    return float(wait_s)
+
+
 @routes.post(f"{PREFIX}/worker/sign-on")
 async def sign_on(request: web.Request) -> web.Response:
     body = await read_msgpack(request)
@@ -76,14 +84,12 @@ async def sign_off(request: web.Request) -> web.Response:
 @routes.post(f"{PREFIX}/worker/claim")
 async def claim(request: web.Request) -> web.Response:
     body = await read_msgpack(request)
-    wait_s = body.get("wait_s", 10.0)
-    if not isinstance(wait_s, (int, float)) or wait_s < 0:
-        raise APIError(400, "field 'wait_s' must be a non-negative number")
+    wait_s = _wait_s(body)
     prefetch_after = body.get("prefetch_after")
     if prefetch_after is not None and (not isinstance(prefetch_after, str) or not prefetch_after):
         raise APIError(400, "field 'prefetch_after' must be the id of the task the worker runs")
     answer = await request.app[COORDINATOR_KEY].claim_task(
-        _str(body, "worker_id"), float(wait_s), prefetch_after=prefetch_after)
+        _str(body, "worker_id"), wait_s, prefetch_after=prefetch_after)
     if answer is None:
         return web.Response(status=204)
     return pack_response(answer)
@@ -120,11 +126,9 @@ async def task_update(request: web.Request) -> web.Response:
 async def watch(request: web.Request) -> web.Response:
     """Long-poll while a task runs: answers at once when the task must stop."""
     body = await read_msgpack(request)
-    wait_s = body.get("wait_s", 10.0)
-    if not isinstance(wait_s, (int, float)) or wait_s < 0:
-        raise APIError(400, "field 'wait_s' must be a non-negative number")
+    wait_s = _wait_s(body)
     verdict = await request.app[COORDINATOR_KEY].watch_task(
-        _str(body, "worker_id"), _str(body, "task_id"), float(wait_s))
+        _str(body, "worker_id"), _str(body, "task_id"), wait_s)
     return pack_response(verdict)
 
 
@@ -132,10 +136,8 @@ async def watch(request: web.Request) -> web.Response:
 async def worker_state(request: web.Request) -> web.Response:
     """Long-poll for a worker sent to sleep: answers when it is asked to wake."""
     body = await read_msgpack(request)
-    wait_s = body.get("wait_s", 10.0)
-    if not isinstance(wait_s, (int, float)) or wait_s < 0:
-        raise APIError(400, "field 'wait_s' must be a non-negative number")
-    return pack_response(await request.app[COORDINATOR_KEY].worker_state(_str(body, "worker_id"), float(wait_s)))
+    wait_s = _wait_s(body)
+    return pack_response(await request.app[COORDINATOR_KEY].worker_state(_str(body, "worker_id"), wait_s))
 
 
 @routes.post(f"{PREFIX}/worker/state-changed")

@@ -48,7 +48,7 @@ from .outputs import OutputRefused, OutputShipper, check_job_id
 from .packing import PackError, pack
 from .store import ContentStore
 from .thumbnails import make_thumbnail, post_last_rendered
-from .transfer import Fetcher
+from .transfer import Fetcher, FetchReport
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,18 @@ class WorkerJobFiles:
         self.ffmpeg = ffmpeg
         self._thumbnail: asyncio.Task[None] | None = None
 
-    def _staging(self, job_id: str) -> Path:
-        return self.data_dir / "job-outputs" / job_id
+    def _sources(self, owner_url: str | None) -> list[str]:
+        """Peers to fetch from: the owner first, then every other live peer."""
+        return [u for u in dict.fromkeys([owner_url, *self.peer_urls()]) if u]
+
+    async def _fetch_job_files(self, files: JobFiles, job_id: str) -> tuple[str | None, FetchReport]:
+        """Bring the job's files into the store and pin them there for the job;
+        returns the owner's URL (None: not reachable now) and what was fetched."""
+        owner_url = self.peer_url(files.owner_peer_id)
+        report = await Fetcher(self.store, self.session, self._sources(owner_url), owner=owner_url
+                               ).fetch(files.manifest.refs())
+        self.store.pin(f"job:{job_id}", files.manifest.refs())
+        return owner_url, report
 
     async def prefetch(self, task: dict[str, Any]) -> int:
         """Bring a task's files into the store ahead of time (the worker runs
@@ -173,11 +183,7 @@ class WorkerJobFiles:
         files = JobFiles.from_task(task)
         if files is None or files.owner_peer_id == self.peer_id:
             return 0
-        owner_url = self.peer_url(files.owner_peer_id)
-        sources = [u for u in [owner_url, *self.peer_urls()] if u]
-        report = await Fetcher(self.store, self.session, sources, owner=owner_url).fetch(files.manifest.refs())
-        # Pinned now, so that a collection before the task starts cannot remove them.
-        self.store.pin(f"job:{task['job']}", files.manifest.refs())
+        _, report = await self._fetch_job_files(files, task["job"])
         return report.bytes_received
 
     async def before_task(self, task: dict[str, Any]) -> PreparedTask:
@@ -186,13 +192,10 @@ class WorkerJobFiles:
         if files is None or files.owner_peer_id == self.peer_id:
             return PreparedTask(commands, None, time.time())
         job_id = task["job"]
-        owner_url = self.peer_url(files.owner_peer_id)
-        sources = [u for u in [owner_url, *self.peer_urls()] if u]
-        await Fetcher(self.store, self.session, sources, owner=owner_url).fetch(files.manifest.refs())
+        owner_url, _ = await self._fetch_job_files(files, job_id)
         checkout = await asyncio.to_thread(build_checkout, files.manifest, self.store,
                                            self.data_dir / "checkouts" / job_id)
-        self.store.pin(f"job:{job_id}", files.manifest.refs())
-        staging = self._staging(job_id)
+        staging = staging_folder(self.data_dir, job_id)
         staging.mkdir(parents=True, exist_ok=True)
         replacements = [(files.blend_path, str(checkout.blend))]
         if files.output_root:
@@ -210,11 +213,11 @@ class WorkerJobFiles:
         """Bring the job's outputs so far (other workers' frames) into the staging folder:
         from the owner, and from the workers that rendered them, which keep their
         copies; so a preview video is whole even while the owner is away."""
-        sources = [u for u in dict.fromkeys([owner_url, *self.peer_urls()]) if u]
+        bases = [f"{source.rstrip('/')}/peer/v1/files/outputs/{job_id}" for source in self._sources(owner_url)]
+        # All at once: a peer that does not answer must not add its timeout to every other's.
+        listings = await asyncio.gather(*(self._list_outputs(base) for base in bases))
         wanted: dict[str, tuple[int, str]] = {}  # rel -> (size, base URL serving it)
-        for source in sources:
-            base = f"{source.rstrip('/')}/peer/v1/files/outputs/{job_id}"
-            listing = await self._list_outputs(base)
+        for base, listing in zip(bases, listings):
             for rel, size in listing:
                 if rel not in wanted:  # the owner first: its copies are the delivered ones
                     wanted[rel] = (size, base)
@@ -253,9 +256,7 @@ class WorkerJobFiles:
         ``Saved:`` lines); the thumbnail's source when the outputs stay where
         they are (no files travelled: a local job or shared storage)."""
         if prepared.staging is None:
-            images = [Path(p) for p in reported or () if Path(p).suffix.lower() in _IMAGE_SUFFIXES]
-            if images:
-                await self._send_thumbnail(task["job"], images[-1])
+            self._send_thumbnail(task["job"], [Path(p) for p in reported or ()])
             return 0
         files = JobFiles.from_task(task)
         assert files is not None
@@ -273,17 +274,18 @@ class WorkerJobFiles:
                     await self.shipper.deliver_pending()
             except TimeoutError:
                 log.info("outputs of job %s still on their way to its owner", task["job"])
-        images = [p for p in produced if p.suffix.lower() in _IMAGE_SUFFIXES]
-        if images:
-            await self._send_thumbnail(task["job"], images[-1])
+        self._send_thumbnail(task["job"], produced)
         return len(produced)
 
-    async def _send_thumbnail(self, job_id: str, image: Path) -> None:
-        """The dashboard's "last rendered" image of the job, to the coordinator, in
-        the background: a coordinator that was just cut off must not hold up the
-        task's report (the next frame brings a newer image anyway)."""
-        if self._thumbnail is not None and not self._thumbnail.done():
-            return  # one at a time; a worker renders faster than thumbnails matter
+    def _send_thumbnail(self, job_id: str, outputs: list[Path]) -> None:
+        """The dashboard's "last rendered" image of the job (the last image among
+        ``outputs``), to the coordinator, in the background: a coordinator that
+        was just cut off must not hold up the task's report (the next frame
+        brings a newer image anyway)."""
+        images = [p for p in outputs if p.suffix.lower() in _IMAGE_SUFFIXES]
+        if not images or (self._thumbnail is not None and not self._thumbnail.done()):
+            return  # nothing to show, or one on its way: a worker renders faster than thumbnails matter
+        image = images[-1]
 
         async def send() -> None:
             coordinator = self.coordinator_url()
@@ -304,10 +306,15 @@ class WorkerJobFiles:
             await asyncio.gather(self._thumbnail, return_exceptions=True)
 
 
+def staging_folder(data_dir: Path, job_id: str) -> Path:
+    """Where a worker keeps its outputs of another peer's job (the task's output root points here)."""
+    return data_dir / "job-outputs" / job_id
+
+
 def worker_outputs_folder(data_dir: Path, job_id: str) -> Path | None:
-    """Where a worker keeps its outputs of another peer's job; None when it has none."""
+    """``staging_folder`` for a job this worker has outputs of; None otherwise (or for a bad id)."""
     try:
-        folder = data_dir / "job-outputs" / check_job_id(job_id)
+        folder = staging_folder(data_dir, check_job_id(job_id))
     except OutputRefused:
         return None
     return folder if folder.is_dir() else None

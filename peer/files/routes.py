@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import msgpack
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from .names import UnsafePath, safe_join
 from .outputs import INCOMING, MAX_CHUNK, OutputReceiver, OutputRefused, OutputRootResolver, check_job_id
@@ -62,6 +62,9 @@ class ServeLimits:
 
 
 LastRenderedCallback = Callable[[str, Path], "Awaitable[None] | None"]
+# Where this peer, as a worker, keeps its outputs of another peer's job; None when it has
+# none. Called in a thread (it looks at the disk) with the job id as the request sent it.
+WorkerOutputsResolver = Callable[[str], "Path | None"]
 
 
 class FilesServer:
@@ -70,7 +73,7 @@ class FilesServer:
     def __init__(self, store: ContentStore, *, resolve_output_root: OutputRootResolver | None,
                  job_files_root: Path | None, on_last_rendered: LastRenderedCallback | None = None,
                  limits: ServeLimits = ServeLimits(),
-                 resolve_worker_outputs: OutputRootResolver | None = None) -> None:
+                 resolve_worker_outputs: WorkerOutputsResolver | None = None) -> None:
         self.store = store
         self.resolve_worker_outputs = resolve_worker_outputs
         self.limits = limits
@@ -144,25 +147,28 @@ async def _send_stored(request: web.Request, server: FilesServer, ref: BlobRef) 
     return response
 
 
-def _requested_span(range_header: str | None, size: int) -> tuple[int, int] | None:
-    """``(start, end)`` (end exclusive) of a ``Range: bytes=a-`` or ``bytes=a-b`` header; None if unusable."""
-    if range_header is None:
+def _requested_span(request: web.Request, size: int) -> tuple[int, int] | None:
+    """``(start, end)`` (end exclusive) of a ``Range: bytes=a-`` or ``bytes=a-b`` header (the whole
+    blob without one); None if unusable."""
+    header = request.headers.get(hdrs.RANGE)
+    if header is None:
         return 0, size
-    unit, _, spec = range_header.strip().partition("=")
-    first, dash, last = spec.strip().partition("-")
-    if unit.strip().lower() != "bytes" or not dash or not first.isdigit() or "," in spec:
-        return None  # suffix or multiple ranges: the fetcher never asks for those
-    start = int(first)
-    end = min(int(last) + 1, size) if last.isdigit() else size
-    if last and not last.isdigit() or start >= end:
+    if "=-" in header:
+        return None  # a suffix range, which the fetcher never asks for (aiohttp reads bytes=-0 as bytes=0-)
+    try:
+        wanted = request.http_range
+    except ValueError:
+        return None  # not a single "bytes=" range: another unit, a list, or end before start
+    end = size if wanted.stop is None else min(wanted.stop, size)
+    if wanted.start >= end:
         return None
-    return start, end
+    return wanted.start, end
 
 
 async def _send_growing(request: web.Request, server: FilesServer, growing: PartialBlob) -> web.StreamResponse:
     """Stream a blob this peer is still downloading: what is written, then the rest as it arrives."""
     ref = growing.ref
-    span = _requested_span(request.headers.get("Range"), ref.size)
+    span = _requested_span(request, ref.size)
     if span is None:
         return _error(416, f"blob {ref.short}: send Range as bytes=START- or bytes=START-END within its size",
                       headers={"Content-Range": f"bytes */{ref.size}"})
@@ -319,12 +325,14 @@ async def _readable_root(request: web.Request) -> Path | web.Response:
     of another peer (so a task that reads earlier frames finds them while the
     owner is away)."""
     owned = await _owned_root(request)
-    server = _server(request)
-    if not isinstance(owned, web.Response) or server.resolve_worker_outputs is None:
+    resolve = _server(request).resolve_worker_outputs
+    if not isinstance(owned, web.Response) or resolve is None:
         return owned
-    found = server.resolve_worker_outputs(check_job_id(request.match_info["job_id"]))
-    if inspect.isawaitable(found):
-        found = await found
+    try:
+        job_id = check_job_id(request.match_info["job_id"])
+    except OutputRefused as exc:
+        return _error(exc.status, exc.message)  # the same 400 as ``owned`` when this peer receives outputs
+    found = await asyncio.to_thread(resolve, job_id)
     return found if found is not None else owned
 
 
@@ -373,7 +381,7 @@ def add_routes(
     job_files_root: Path | None = None,
     on_last_rendered: LastRenderedCallback | None = None,
     limits: ServeLimits = ServeLimits(),
-    resolve_worker_outputs: OutputRootResolver | None = None,
+    resolve_worker_outputs: WorkerOutputsResolver | None = None,
 ) -> FilesServer:
     """Serve ``store`` and receive outputs and thumbnails on ``app``; returns the server state.
 
@@ -381,8 +389,9 @@ def add_routes(
     outputs go on this peer, or None for a job it does not own; without it the
     outputs routes answer 404. ``job_files_root``: where last-rendered images
     go (the folder ``/job-files/`` serves); ``on_last_rendered(job_id, path)`` runs
-    after one was stored. ``resolve_worker_outputs(job_id)``: where this peer, as a
-    worker, keeps its outputs of another peer's job (listed and served, never written).
+    after one was stored. ``resolve_worker_outputs(job_id)`` (sync, run in a thread):
+    where this peer, as a worker, keeps its outputs of another peer's job, or None
+    (listed and served, never written).
     """
     server = FilesServer(store, resolve_output_root=resolve_output_root, job_files_root=job_files_root,
                          on_last_rendered=on_last_rendered, limits=limits,

@@ -189,8 +189,8 @@ class ContentStore:
         # Tells a fetcher when a source it was given is this very store.
         self.store_id = uuid.uuid4().hex
         self._lock = threading.Lock()
-        self._writing: set[str] = set()
-        self._receiving: dict[str, PartialBlob] = {}  # downloads in progress, for re-serving
+        # Downloads in progress (one per blob), for re-serving; None while one is being opened.
+        self._receiving: dict[str, PartialBlob | None] = {}
         self._pins = _Pins()
 
     # --- where things are --------------------------------------------------------------
@@ -328,9 +328,9 @@ class ContentStore:
         Raises ``BlobBusy`` while another writer of the same blob is open in this process.
         """
         with self._lock:
-            if ref.key in self._writing:
+            if ref.key in self._receiving:
                 raise BlobBusy(f"blob {ref.short} is already being downloaded by this peer")
-            self._writing.add(ref.key)
+            self._receiving[ref.key] = None  # reserved: opening may hash a long partial file
         try:
             writer = PartialBlob(self, ref)
         except BaseException:
@@ -342,7 +342,6 @@ class ContentStore:
 
     def _release(self, ref: BlobRef) -> None:
         with self._lock:
-            self._writing.discard(ref.key)
             self._receiving.pop(ref.key, None)
 
     def receiving(self, ref: BlobRef) -> PartialBlob | None:
@@ -358,7 +357,7 @@ class ContentStore:
 
     def is_writing(self, ref: BlobRef) -> bool:
         with self._lock:
-            return ref.key in self._writing
+            return ref.key in self._receiving
 
     # --- checking and removing ---------------------------------------------------------
 
@@ -427,7 +426,7 @@ class ContentStore:
                 if now - entry.stat().st_mtime > age_s:
                     key = entry.name.removesuffix(".part")
                     with self._lock:
-                        busy = key in self._writing
+                        busy = key in self._receiving
                     if not busy:
                         _unlink(entry)
             except OSError:
@@ -566,14 +565,25 @@ class PartialBlob:
         self.close()
 
 
-def _writeback_function() -> Callable[[int, int, int], None] | None:
-    """Linux's ``sync_file_range(SYNC_FILE_RANGE_WRITE)``: start writing a range to disk, without
-    waiting for it or for the file's metadata. None elsewhere (the final fsync does it all)."""
+def _load_libc() -> ctypes.CDLL | None:
+    """The C library this process runs with, on Linux (glibc or musl); None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+# Shared with ``transfer.py``, which tunes the allocator through it.
+LIBC = _load_libc()
+
+
+def _writeback_function() -> Callable[[int, int, int], None] | None:
+    """Linux's ``sync_file_range(SYNC_FILE_RANGE_WRITE)``: start writing a range to disk, without
+    waiting for it or for the file's metadata. None elsewhere (the final fsync does it all)."""
+    call = getattr(LIBC, "sync_file_range", None)  # None without a libc, or with one that lacks it
+    if call is None:
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     call.restype = ctypes.c_int

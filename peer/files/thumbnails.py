@@ -56,6 +56,26 @@ class LastRenderedStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._newest: Path | None = None  # the farm's last rendered image, once known
+
+    def newest(self) -> Path | None:
+        """The most recently saved image of any job. Known from ``save``; found by
+        a scan only when nothing was saved here since the start (a restart, a new
+        coordinator) or that job's images are gone. Blocks: use a thread."""
+        if self._newest is None or not self._newest.is_file():
+            self._newest = self._scan()
+        return self._newest
+
+    def _scan(self) -> Path | None:
+        newest: tuple[float, Path] | None = None
+        for image in self.root.glob(f"job-*/*/{FILENAME}"):
+            try:
+                mtime = image.stat().st_mtime
+            except OSError:  # replaced or deleted meanwhile
+                continue
+            if newest is None or mtime > newest[0]:
+                newest = (mtime, image)
+        return newest[1] if newest else None
 
     def path_for(self, job_id: str) -> Path:
         job_id = check_job_id(job_id)
@@ -76,6 +96,7 @@ class LastRenderedStore:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+        self._newest = target
         return target
 
 

@@ -35,11 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import random
-import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -48,7 +45,7 @@ from typing import Awaitable, Callable, Iterable, Iterator, Sequence
 import aiohttp
 import msgpack
 
-from .store import BadBlobRef, BlobBusy, BlobCorrupt, BlobRef, ContentStore, PartialBlob
+from .store import LIBC, BadBlobRef, BlobBusy, BlobCorrupt, BlobRef, ContentStore, PartialBlob
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +58,7 @@ HAVE_TIMEOUT_S = 10.0
 
 
 def _keep_freed_memory_for_reuse() -> None:
-    """Stop glibc from giving freed heap back to the OS after every few MiB (once per process).
+    """Stop glibc from giving freed heap back to the OS after every few MiB (at import, once per process).
 
     aiohttp hands each socket read of a download to us as a fresh bytes object
     of up to ``SOCKET_READ`` bytes. With glibc's defaults those come from mmap
@@ -72,22 +69,15 @@ def _keep_freed_memory_for_reuse() -> None:
     heap kept, make them reuse memory. A process-wide setting, harmless to the
     rest of a peer; it costs at most those 64 MiB.
     """
-    global _memory_tuned
-    with _memory_lock:
-        if _memory_tuned or not sys.platform.startswith("linux"):
-            return
-        _memory_tuned = True
-        try:
-            mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):
-            return  # not glibc (musl has no mallopt): nothing to tune
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        mallopt(m_mmap_threshold, 16 << 20)
-        mallopt(m_trim_threshold, 64 << 20)
+    mallopt = getattr(LIBC, "mallopt", None)
+    if mallopt is None:
+        return  # not Linux, or not glibc (musl has no mallopt): nothing to tune
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 16 << 20)
+    mallopt(m_trim_threshold, 64 << 20)
 
 
-_memory_lock = threading.Lock()
-_memory_tuned = False
+_keep_freed_memory_for_reuse()
 
 
 @contextlib.contextmanager
@@ -176,7 +166,6 @@ class Fetcher:
         # Among equally good sources, each fetcher has its own order, so that peers
         # starting together spread over the sources instead of all taking the first.
         self._tiebreak = {s: random.random() for s in self.sources}
-        _keep_freed_memory_for_reuse()
         self._done_bytes = 0
         self._total_bytes = 0
 
@@ -192,21 +181,24 @@ class Fetcher:
         started = time.monotonic()
         pause = 0.05
         while pending:
-            # Another fetch in this process may have stored some meanwhile.
-            pending = await asyncio.to_thread(self.store.missing, pending)
-            if not pending:
-                break
             if time.monotonic() - started > deadline_s:
+                # Another fetch in this process may have stored some meanwhile.
+                pending = await asyncio.to_thread(self.store.missing, pending)
+                if not pending:
+                    break
                 raise FetchError(self._give_up_message(pending, said, deadline_s), pending)
             availability, unreachable = await self._ask_sources(pending)
-            own_offsets = await asyncio.to_thread(lambda: {r: self.store.partial_size(r) for r in pending})
+            relayed = {ref for a in availability.values() for ref in a.receiving}
+            pending, own_offsets = await asyncio.to_thread(self._still_missing, pending, relayed)
+            if not pending:
+                break
             sem = asyncio.Semaphore(self.concurrency)
             was_busy, busy = busy, defaultdict(set)
 
             def can_serve(a: _Availability, ref: BlobRef) -> bool:
                 # A peer still downloading it helps only when it is ahead of us; taking one
                 # that is behind could make two peers wait on each other.
-                return ref in a.have or a.receiving.get(ref, -1) > own_offsets[ref]
+                return ref in a.have or a.receiving.get(ref, -1) > own_offsets.get(ref, 0)
 
             async def one(ref: BlobRef) -> tuple[BlobRef, str]:
                 candidates = [s for s, a in availability.items() if can_serve(a, ref) and s not in refused[ref]]
@@ -255,6 +247,14 @@ class Fetcher:
                 pause = 0.05 if progressed else min(pause * 2, ceiling)
                 await asyncio.sleep(pause)
         return report
+
+    def _still_missing(self, pending: list[BlobRef], relayed: set[BlobRef]
+                       ) -> tuple[list[BlobRef], dict[BlobRef, int]]:
+        """The blobs of ``pending`` not in the store (another fetch in this process may have stored
+        some), and how many bytes of those that peers are still downloading this peer has itself.
+        Blocks on disk: one thread hop per round, with partial files looked at only when they matter."""
+        still = self.store.missing(pending)
+        return still, {ref: self.store.partial_size(ref) for ref in still if ref in relayed}
 
     def _give_up_message(self, pending: list[BlobRef], said: dict[BlobRef, str], deadline_s: float) -> str:
         shown = "; ".join(f"{ref.short}: {said.get(ref, 'not tried')}" for ref in pending[:5])

@@ -503,28 +503,17 @@ class Worker:
 
     async def _sleep_as_asked(self, client: ProtocolClient) -> None:
         """Someone sent this worker to sleep from the farm (dashboard, API): say so,
-        then wait, signed on, until it is asked to wake."""
+        then wait, signed on, until it is asked to wake.
+
+        Runs inside the claim, so a shutdown or a new coordinator cuts the wait
+        short as it does a claim's (``_claim_unless_stopping``); a new
+        coordinator tells the worker again if it still must sleep."""
         self._set_state(SENT_TO_SLEEP, "sent to sleep from the farm; wake it from the dashboard")
         await self._report_status(client, "asleep")
         while not self._stopping.is_set():
-            call = asyncio.ensure_future(client.call(
+            status, reply = await client.call(
                 "worker/state", {"worker_id": self.identity.worker_id, "wait_s": self.claim_wait_s},
-                timeout=self.claim_wait_s + 15))
-            stop = asyncio.ensure_future(self._stopping.wait())
-            moved = asyncio.ensure_future(client.moved())
-            try:
-                await asyncio.wait([call, stop, moved], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-                moved.cancel()
-                if not call.done():
-                    call.cancel()
-            if not call.done() or call.cancelled():
-                await asyncio.gather(call, return_exceptions=True)
-                if self._stopping.is_set():
-                    return  # leaving: the sign-off says the rest
-                raise _SignOnAgain()  # the coordinator moved; it tells us again if we still sleep
-            status, reply = call.result()
+                timeout=self.claim_wait_s + 15)
             if status == 403:
                 raise _SignOnAgain()
             if status != 200 or not isinstance(reply, dict):

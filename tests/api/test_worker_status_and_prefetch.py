@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from peer.files.thumbnails import LastRenderedStore, make_thumbnail
-from peer.worker.loop import SENT_TO_SLEEP
+from peer.worker.commands.base import WorkerSettings
+from peer.worker.loop import SENT_TO_SLEEP, Worker, WorkerIdentity
 from tests.scenes import requires_ffmpeg
 from tests.web.browser import png
 
@@ -241,3 +242,22 @@ async def test_last_rendered_images_of_a_job_and_of_the_farm(farm, tmp_path):
 
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def test_a_sleeping_worker_stops_at_once_when_shut_down(farm):
+    # Long-polls of 60 s: stopping within 10 s shows the wait was cut short, not waited out.
+    real = Worker(farm.url, WorkerIdentity("id-render-1", "render-1", ["misc"]), WorkerSettings(), variables={},
+                  claim_wait_s=60.0, report_interval_s=0.1)
+    farm.workers.append(asyncio.create_task(real.run()))
+    async with asyncio.timeout(10):
+        while (await farm.client.call("GET", "/api/v3/worker-mgt/workers"))[1]["workers"] == []:
+            await asyncio.sleep(0.05)
+    assert (await set_worker_status(farm, "id-render-1", "asleep"))[0] == 204
+    async with asyncio.timeout(10):
+        while real.state()["state"] != SENT_TO_SLEEP:
+            await asyncio.sleep(0.05)
+    await real.shutdown()
+    async with asyncio.timeout(10):
+        await farm.workers[-1]
+    assert (await worker(farm, "id-render-1"))["status"] == "offline"
+    await farm.coordinator.begin_shutdown()  # answers the long-poll the worker left behind, as a stopping peer does

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from peer.files.store import BadBlobRef, BlobBusy, BlobCorrupt, BlobMissing, BlobRef, ContentStore
+from peer.files import store as store_module
+from peer.files.store import STALE_PARTIAL_S, BadBlobRef, BlobBusy, BlobCorrupt, BlobMissing, BlobRef, ContentStore
 
 
 def ref_of(data: bytes) -> BlobRef:
@@ -127,6 +130,42 @@ def test_one_writer_per_blob_at_a_time(tmp_path: Path) -> None:
         store.partial_writer(ref)
     first.close()
     store.partial_writer(ref).close()
+
+
+def test_a_writer_being_opened_holds_its_blob_but_is_not_served_yet(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ContentStore(tmp_path, cap_bytes=1 << 30)
+    data = os.urandom(10_000)
+    ref = ref_of(data)
+    with store.partial_writer(ref) as w:
+        w.write(data[:4000])  # an earlier download's bytes: the next writer hashes them again on open
+    hashing, resume = threading.Event(), threading.Event()
+    real_hash_file = store_module._hash_file
+
+    def slow_hash_file(path: Path, limit: int | None = None):  # type: ignore[no-untyped-def]
+        hashing.set()
+        resume.wait(10)
+        return real_hash_file(path, limit)
+
+    monkeypatch.setattr(store_module, "_hash_file", slow_hash_file)
+    with ThreadPoolExecutor(1) as pool:
+        opening = pool.submit(store.partial_writer, ref)
+        try:
+            assert hashing.wait(10)
+            assert store.is_writing(ref)
+            assert store.receiving(ref) is None and store.receiving_offsets([ref]) == {}
+            with pytest.raises(BlobBusy):
+                store.partial_writer(ref)
+            store.gc(now=time.time() + STALE_PARTIAL_S + 60)  # the partial file looks abandoned, but is in use
+            assert store.partial_size(ref) == 4000
+        finally:
+            resume.set()
+        writer = opening.result(10)
+    assert store.receiving(ref) is writer and store.receiving_offsets([ref]) == {ref: 4000}
+    writer.close()
+    assert not store.is_writing(ref) and store.receiving(ref) is None
+    store.gc(now=time.time() + STALE_PARTIAL_S + 60)
+    assert store.partial_size(ref) == 0  # abandoned now: collected
 
 
 def test_verify_removes_a_blob_damaged_on_disk(tmp_path: Path) -> None:

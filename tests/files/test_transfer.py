@@ -167,3 +167,23 @@ async def test_two_fetches_of_one_blob_in_one_process_share_the_download(
                                 Fetcher(worker, session, [owner.url]).fetch([ref]))
     assert sorted([len(a.fetched), len(b.fetched)]) == [0, 1]
     assert worker.verify(ref)
+
+
+async def test_partial_files_are_looked_at_only_for_blobs_a_peer_is_still_downloading(
+    start_peer: StartPeer, session: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    owner = await start_peer("owner")
+    refs = [owner.store.add_bytes(os.urandom(1000)) for _ in range(40)]
+    worker = ContentStore(tmp_path / "worker", cap_bytes=1 << 30)
+    looked_at: list[BlobRef] = []
+    partial_size = worker.partial_size
+
+    def counted_partial_size(ref: BlobRef) -> int:
+        looked_at.append(ref)
+        return partial_size(ref)
+
+    worker.partial_size = counted_partial_size  # type: ignore[method-assign]
+    report = await Fetcher(worker, session, [owner.url], concurrency=2).fetch(refs)
+    assert sorted(report.fetched) == sorted(refs)
+    # No source was downloading any of them, so whose copy is ahead never mattered.
+    assert looked_at == []
