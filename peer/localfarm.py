@@ -138,5 +138,10 @@ class LocalFarm:
     def __enter__(self) -> "LocalFarm":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        if exc_type is not None:
+            # A failed test or demo: the peers' own words are the quickest way to why.
+            for peer in self.peers:
+                print(f"--- last lines of {peer.name}'s log ({peer.log_path}) ---\n{peer.log_tail(40)}",
+                      file=sys.stderr)

@@ -7,6 +7,7 @@ in the store indexes them.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,7 @@ class TaskLogs:
 
     def append(self, path: Path, text: str) -> None:
         if path.parent not in self._made:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(path.parent, exist_ok=True)
             self._made.add(path.parent)
         with open(path, "a", encoding="utf-8", errors="replace") as f:
             f.write(text)

@@ -82,14 +82,14 @@ def build_checkout(manifest: Manifest, store: ContentStore, folder: Path) -> Che
             f"cannot build the checkout in {final}: {len(missing)} file(s) not fetched yet, e.g. {names[0]!r} "
             f"(blob {missing[0].short}); fetch them first"
         )
-    folder.mkdir(parents=True, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
     building = folder / f".{manifest.root_name}.building-{uuid.uuid4().hex[:8]}"
     linked = copied = 0
     try:
         building.mkdir()
         for rel, ref in sorted(manifest.files.items()):
             target = safe_join(building, rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(target.parent, exist_ok=True)
             try:
                 source = store.path_of(ref)
             except BlobMissing as exc:  # collected between the check and now

@@ -196,7 +196,7 @@ class WorkerJobFiles:
         checkout = await asyncio.to_thread(build_checkout, files.manifest, self.store,
                                            self.data_dir / "checkouts" / job_id)
         staging = staging_folder(self.data_dir, job_id)
-        staging.mkdir(parents=True, exist_ok=True)
+        os.makedirs(staging, exist_ok=True)
         replacements = [(files.blend_path, str(checkout.blend))]
         if files.output_root:
             replacements.append((files.output_root, str(staging)))
@@ -207,7 +207,9 @@ class WorkerJobFiles:
         reads_outputs = task.get("has_dependencies") or any(c.get("name") in COMMANDS_READING_OUTPUTS for c in commands)
         if reads_outputs and files.output_root:
             await self._fetch_outputs(owner_url, job_id, staging)
-        return PreparedTask(rewritten, staging if files.output_root else None, time.time())
+        # File times come from the kernel's coarse clock, a tick behind time.time():
+        # without the slack, a file written in the task's first milliseconds looks older.
+        return PreparedTask(rewritten, staging if files.output_root else None, time.time() - _MTIME_SLACK_S)
 
     async def _fetch_outputs(self, owner_url: str | None, job_id: str, staging: Path) -> None:
         """Bring the job's outputs so far (other workers' frames) into the staging folder:
@@ -260,7 +262,7 @@ class WorkerJobFiles:
             return 0
         files = JobFiles.from_task(task)
         assert files is not None
-        produced = await asyncio.to_thread(_files_newer_than, prepared.staging, prepared.started)
+        produced = await asyncio.to_thread(_task_outputs, prepared.staging, prepared.started, reported or ())
         for path in produced:
             rel = path.relative_to(prepared.staging).as_posix()
             # Copy, not move: a later task on this worker (a preview video) may read it.
@@ -306,6 +308,9 @@ class WorkerJobFiles:
             await asyncio.gather(self._thumbnail, return_exceptions=True)
 
 
+_MTIME_SLACK_S = 0.05
+
+
 def staging_folder(data_dir: Path, job_id: str) -> Path:
     """Where a worker keeps its outputs of another peer's job (the task's output root points here)."""
     return data_dir / "job-outputs" / job_id
@@ -320,19 +325,32 @@ def worker_outputs_folder(data_dir: Path, job_id: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _files_newer_than(folder: Path, since: float) -> list[Path]:
-    found = []
-    for path in sorted(folder.rglob("*")):
+def _task_outputs(staging: Path, since: float, reported: Iterable[str]) -> list[Path]:
+    """The files in ``staging`` that a task produced: those written since it
+    started, and those it reported although they are older. The second kind
+    is a frame an interrupted run of the same task wrote before it was stopped,
+    which Blender's no-overwrite mode then keeps: it never left this worker,
+    and without this nobody would ever deliver it."""
+    found = set()
+    for path in staging.rglob("*"):
         try:
             if path.is_file() and not path.is_symlink() and path.stat().st_mtime >= since:
-                found.append(path)
+                found.add(path)
         except OSError:
             continue
-    return found
+    root = staging.resolve()
+    for text in reported:
+        path = Path(text)
+        try:
+            if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(root):
+                found.add(staging / path.resolve().relative_to(root))
+        except OSError:
+            continue
+    return sorted(found)
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    os.makedirs(target.parent, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, target)

@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,9 @@ class OutputReceiver:
         self.resolve_output_root = resolve_output_root
         self.max_size = max_size
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Uploads run in threads: creating the upload folder and opening a partial
+        # in it must not interleave with removing that folder once it is empty.
+        self._incoming_folder = threading.Lock()
 
     async def _root(self, job_id: str) -> Path:
         root = self.resolve_output_root(job_id)
@@ -155,12 +159,14 @@ class OutputReceiver:
     def _write(self, root: Path, rel: str, size: int, sha256: str, offset: int, data: bytes) -> dict[str, object]:
         final = safe_join(root, rel)
         partial = self._partial(root, rel, size, sha256)
-        partial.parent.mkdir(parents=True, exist_ok=True)
         have = partial.stat().st_size if partial.exists() else 0
         if offset != have:
             raise OutputRefused(409, f"{rel}: this peer has {have} bytes of it, the chunk starts at {offset}; "
                                      "continue from the offset given", offset=have)
-        with open(partial, "ab") as f:
+        with self._incoming_folder:  # another upload that just finished may be removing it
+            os.makedirs(partial.parent, exist_ok=True)
+            f = open(partial, "ab")
+        with f:
             f.write(data)
             if offset + len(data) == size:
                 f.flush()
@@ -174,7 +180,7 @@ class OutputReceiver:
                                      "discarded, send the file again")
         if final.is_dir():
             raise OutputRefused(409, f"{rel}: a folder of that name exists in the output folder; rename it")
-        final.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(final.parent, exist_ok=True)
         try:
             os.replace(partial, final)
         except OSError as exc:
@@ -184,10 +190,11 @@ class OutputReceiver:
             shutil.copyfile(partial, tmp)
             os.replace(tmp, final)
             partial.unlink(missing_ok=True)
-        try:
-            partial.parent.rmdir()  # only when no other upload is in progress
-        except OSError:
-            pass
+        with self._incoming_folder:
+            try:
+                partial.parent.rmdir()  # only when no other upload is in progress
+            except OSError:
+                pass
         log.info("received output %s (%d bytes) into %s", rel, size, root)
         return {"offset": size, "complete": True, "stored": rel}
 
@@ -243,7 +250,7 @@ class OutputShipper:
         self.failed_dir = self.outbox_dir / "failed"
         self.tmp_dir = self.outbox_dir / "tmp"
         for folder in (self.items_dir, self.failed_dir, self.tmp_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
         self.session = session
         self.resolve_owner = resolve_owner or (lambda owner: owner)
         self.chunk_size = max(1, min(chunk_size, MAX_CHUNK))

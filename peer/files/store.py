@@ -185,7 +185,7 @@ class ContentStore:
         self.partial_dir = self.root / "partial"
         self.tmp_dir = self.root / "tmp"
         for folder in (self.blobs_dir, self.partial_dir, self.tmp_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
         # Tells a fetcher when a source it was given is this very store.
         self.store_id = uuid.uuid4().hex
         self._lock = threading.Lock()

@@ -89,7 +89,7 @@ class LastRenderedStore:
                                      f"send a JPEG at most {THUMBNAIL_WIDTH} pixels wide")
         if not jpeg.startswith(_JPEG_MAGIC):
             raise OutputRefused(415, "the last-rendered image must be a JPEG (make it with make_thumbnail)")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(target.parent, exist_ok=True)
         tmp = target.with_name(f".{FILENAME}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             tmp.write_bytes(jpeg)

@@ -26,7 +26,7 @@ _LOG_PREFIX = re.compile(r"^(?:\d+:\d{2}(?::\d{2})?\.\d+\s+)?[a-z][\w.]*\s+\| (?
 _FRAME = re.compile(r"^Fra:(?P<frame>-?\d+) ")
 _SAVED = re.compile(r"^Saved: '(?P<path>.*)'\s*$")
 _TIME = re.compile(r"^\s*Time: ?(?P<time>\d+(?::\d+)*(?:\.\d+)?)")
-_SKIPPED = re.compile(r"^\s*skipping existing frame", re.IGNORECASE)
+_SKIPPED = re.compile(r'^\s*skipping existing frame(?:\s+"(?P<path>.*)")?', re.IGNORECASE)
 _SAMPLES = re.compile(r"\b(?:Sample|Rendering) (?P<done>\d+) ?/ ?(?P<total>\d+)")
 
 
@@ -49,7 +49,12 @@ class FrameTime:
 
 @dataclass(frozen=True)
 class FrameSkipped:
-    """Blender skipped a frame because its output exists (no-overwrite mode)."""
+    """Blender skipped a frame because its output exists (no-overwrite mode).
+
+    The file is still the task's output: an earlier, interrupted run of the
+    same task wrote it, and it may never have left this worker."""
+
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,8 @@ class BlenderOutputParser:
             events.append(FrameTime(parse_duration(m.group("time"))))
             # The same frame number may be rendered again (`-f 1,1`).
             self._current_frame = None
-        elif _SKIPPED.match(msg):
-            events.append(FrameSkipped())
+        elif m := _SKIPPED.match(msg):
+            events.append(FrameSkipped(m.group("path")))
             self._current_frame = None
         elif s := _SAMPLES.search(msg):
             # Blender 5.x may log render progress without a `Fra:` prefix.
@@ -138,11 +143,13 @@ class StepCounter:
         self._counted_open_frame = False
         self.steps = 0
         self.saved = 0
+        self.skipped = 0
 
     def feed(self, event: Event) -> bool:
         """Return True when `event` completes a step."""
         done = False
         if isinstance(event, FrameSkipped):
+            self.skipped += 1
             done = True
         elif isinstance(event, FrameSaved):
             self.saved += 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import sqlite3
 import uuid
 from dataclasses import dataclass, field, replace
@@ -114,7 +115,7 @@ class UpstreamBuffer:
         def open_db() -> int:
             target = str(self.path) if self.path is not None else ":memory:"
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(self.path.parent, exist_ok=True)
             conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")

@@ -77,7 +77,8 @@ def test_worker_renders_files_it_never_had_and_outputs_reach_the_submitter(tmp_p
 def test_outputs_wait_on_the_worker_while_the_submitter_is_away(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", tmp_path / "elsewhere")
     out_root = tmp_path / "artist-renders"
-    with LocalFarm(tmp_path / "farm") as farm:
+    # At info level the peers' logs, printed if this fails, say where each output waits.
+    with LocalFarm(tmp_path / "farm", global_args=["--log-level", "info"]) as farm:
         owner = farm.start_peer("artist", worker=False)
         worker_a = farm.start_peer("worker-a", join=owner.url)
         worker_b = farm.start_peer("worker-b", join=owner.url)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +17,7 @@ import pytest
 
 from peer.cluster.auth import Verifier, auth_middleware, signing_session
 from peer.cluster.identity import FarmIdentity
-from peer.files.outputs import INCOMING, OutputShipper
+from peer.files.outputs import INCOMING, OutputReceiver, OutputShipper
 from tests.files.conftest import StartPeer, free_port
 
 JOB = "5a1f0c2e-7d3b-4b8e-9c1a-0f2e3d4c5b6a"
@@ -98,6 +101,40 @@ async def test_outputs_arrive_in_chunks_under_the_output_root(owner, session: ai
     assert shipper.pending() == []
     puts = [p for m, p, h in owner.requests if m == "PUT"]
     assert len(puts) == 4 + 1  # 200,000 bytes in 64 KiB chunks, plus the video
+
+
+def test_uploads_starting_while_others_finish_all_land(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Several workers deliver frames of a job together. A finished upload removes the
+    # owner's upload folder once it is empty, while another upload is creating it or
+    # opening its partial file there: that upload got a 500 and its worker backed off.
+    real_makedirs = os.makedirs
+
+    def makedirs_then_pause(*args: object, **kwargs: object) -> None:
+        real_makedirs(*args, **kwargs)  # type: ignore[arg-type]
+        time.sleep(0.002)  # widen the window in which another upload may remove the folder
+
+    monkeypatch.setattr(os, "makedirs", makedirs_then_pause)
+    receiver = OutputReceiver(lambda job_id: None)
+    root = tmp_path / "renders"
+    workers, frames_each = 3, 40
+    barrier = threading.Barrier(workers)
+
+    def deliver(worker: int) -> list[str]:
+        barrier.wait()
+        failures = []
+        for n in range(frames_each):
+            data = f"worker {worker} frame {n}".encode()
+            try:
+                receiver._write(root, f"shot/w{worker}/{n:06d}.png", len(data), sha(data), 0, data)
+            except OSError as exc:
+                failures.append(repr(exc))
+        return failures
+
+    with ThreadPoolExecutor(workers) as pool:
+        failures = [f for found in pool.map(deliver, range(workers)) for f in found]
+    assert failures == []
+    assert len(all_files(root)) == workers * frames_each
+    assert not (root / INCOMING).exists()  # nothing left behind in the artist's folder
 
 
 async def test_the_outbox_waits_for_an_offline_owner_across_a_restart(start_peer: StartPeer,

@@ -55,7 +55,7 @@ def test_blender_34_event_order_per_frame() -> None:
 
 def test_blender_34_skip_existing_capture() -> None:
     events = parse_all(read_fixture("blender-3.4-skip-existing.txt"))
-    assert len(of_type(events, FrameSkipped)) == 3
+    assert of_type(events, FrameSkipped) == [FrameSkipped(f"{CAPTURE}/frame_00000{n}.png") for n in (1, 2, 3)]
     assert of_type(events, FrameSaved) == [FrameSaved(f"{CAPTURE}/frame_000004.png")]
     assert count_steps(events) == 4  # three skipped + one rendered, like Flamenco
 
@@ -119,8 +119,9 @@ def test_movie_output_counts_time_lines() -> None:
         ("00:00.327  render           | Saved: '/o/0001.png'", [FrameSaved("/o/0001.png")]),
         ("render           | Saved: '/o/0001.png'", [FrameSaved("/o/0001.png")]),
         ("01:02:03.004  render           | Time: 01:00:00.50 (Saving: 00:00.01)", [FrameTime(3600.5)]),
-        ('Skipping existing frame "/o/0001.png"', [FrameSkipped()]),
-        ('00:00.100  render           | skipping existing frame "/o/0001.png"', [FrameSkipped()]),
+        ('Skipping existing frame "/o/0001.png"', [FrameSkipped("/o/0001.png")]),
+        ('00:00.100  render           | skipping existing frame "/o/0001.png"', [FrameSkipped("/o/0001.png")]),
+        ("skipping existing frame", [FrameSkipped(None)]),
         ("Fra:7 Mem:1M (Peak 2M) | Time:00:00.04 | Mem:0.8M, Peak:0.8M | Scene, ViewLayer | Sample 3/16",
          [FrameStarted(7), SampleProgress(3, 16)]),
         ("Fra:1 Mem:10.24M (Peak 11.35M) | Time:00:01.70 | Rendering 1 / 4 samples", [FrameStarted(1), SampleProgress(1, 4)]),

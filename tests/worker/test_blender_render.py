@@ -47,6 +47,28 @@ async def test_real_render_of_two_frames(ctx: RecordingContext, scene_2frames: P
 
 @pytest.mark.blender
 @requires_blender
+async def test_a_frame_kept_from_an_interrupted_run_is_still_reported_as_output(
+    ctx: RecordingContext, scene_2frames: Path, tmp_path: Path,
+) -> None:
+    # Flamenco's simple-blender-render renders with use_overwrite = False, so a
+    # requeued task skips the frames an interrupted run already wrote. Those
+    # frames are still the task's outputs: a worker must ship them.
+    out = tmp_path / "frames"
+    out.mkdir()
+    kept = out / "frame_000001.png"
+    kept.write_bytes(b"\x89PNG\r\n\x1a\n written by the interrupted run")
+    params = render_params(scene_2frames, out)
+    params["args"] = ["--python-expr", "import bpy; bpy.context.scene.render.use_overwrite = False", *params["args"]]
+    await run_command("blender-render", params, ctx)
+
+    assert ctx.outputs == [str(kept), str(out / "frame_000002.png")]
+    assert kept.read_bytes().endswith(b"written by the interrupted run")  # skipped, not re-rendered
+    assert ctx.steps == 2
+    assert "warning" not in ctx.log_text
+
+
+@pytest.mark.blender
+@requires_blender
 async def test_real_blender_error_line_in_failure(ctx: RecordingContext, tmp_path: Path) -> None:
     broken = tmp_path / "broken.blend"
     broken.write_text("this is not a blend file\n")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..blender_output import BlenderOutputParser, FrameSaved, StepCounter
+from ..blender_output import BlenderOutputParser, FrameSaved, FrameSkipped, StepCounter
 from ..process import ProcessResult
 from ..warm.args import RunCold, plan_warm_render
 from . import executables, params
@@ -51,8 +51,10 @@ class BlenderRender:
 
         def on_line(line: str) -> None:
             for event in parser.feed(line):
-                if isinstance(event, FrameSaved):
-                    # Blender's cwd is ours, so relative paths resolve the same.
+                if isinstance(event, FrameSaved | FrameSkipped) and event.path:
+                    # Blender's cwd is ours, so relative paths resolve the same. A
+                    # skipped frame counts too: an interrupted earlier run of this
+                    # task wrote it, and only this task will ever send it on.
                     ctx.output_produced(os.path.abspath(event.path))
                 if steps.feed(event):
                     ctx.step()
@@ -64,7 +66,7 @@ class BlenderRender:
         else:
             error_line = warm.error_line
 
-        if steps.saved == 0:
+        if steps.saved == 0 and steps.skipped == 0:
             # Success is the exit code, not stdout (Blender 5.x logs differently
             # and a script may write files itself), but a render that saved
             # nothing is usually a mistake worth pointing at.
