@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import os
 import shlex
 import signal
@@ -51,7 +52,7 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """In the child, before exec (Linux): get SIGKILL when the peer dies, even by
     SIGKILL, so a killed peer never leaves a Blender rendering on its own."""
     prctl = _PRCTL
@@ -60,10 +61,11 @@ def _die_with_parent() -> None:
     try:
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except Exception:  # best effort: without it the orphan finishes its task and exits
-        pass
+        return
+    if os.getppid() != parent_pid:
+        # The peer died between fork and prctl: no signal will ever come.
+        os.kill(os.getpid(), signal.SIGKILL)
 
-
-_PREEXEC = _die_with_parent if _PRCTL is not None else None
 
 # Windows' equivalent of a new process group (POSIX gets start_new_session).
 _CREATION_FLAGS: int = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if _IS_WINDOWS else 0
@@ -78,7 +80,9 @@ def spawn_kwargs() -> dict[str, Any]:
     another executor: PR_SET_PDEATHSIG fires when the *thread* that forked the
     child ends, and only the loop's thread lives as long as the peer.
     """
-    return {"start_new_session": not _IS_WINDOWS, "creationflags": _CREATION_FLAGS, "preexec_fn": _PREEXEC}
+    parent_pid = os.getpid()
+    preexec = functools.partial(_die_with_parent, parent_pid) if _PRCTL is not None else None
+    return {"start_new_session": not _IS_WINDOWS, "creationflags": _CREATION_FLAGS, "preexec_fn": preexec}
 
 
 @dataclass

@@ -19,7 +19,8 @@ How it stays in order and exactly-once:
   merged into the newest queued one that was never sent (logs appended,
   latest steps and activity kept), so an hour offline is a handful of rows,
   not thousands. A row that was sent once is never changed: its retry must
-  be byte-for-byte the same update.
+  be byte-for-byte the same update. Nor is a row of an earlier run: it may
+  have been sent just before the crash.
 
 Heartbeats (updates that change nothing) are never queued.
 """
@@ -365,7 +366,10 @@ class Upstream:
         the same task that was never sent. Call with the queue lock held."""
         progress_only = not update.final and update.fields.get("task_status") is None
         last = await self.buffer.last() if progress_only else None
-        if (last is not None and last.task_id == update.task_id and not last.final
+        # Only rows of this run: one queued before a restart may have reached the
+        # coordinator before the crash, which then acknowledges its retry as a
+        # duplicate, and whatever was merged into it would be lost.
+        if (last is not None and last.stream == self.stream and last.task_id == update.task_id and not last.final
                 and last.key not in self._sent
                 and len(last.fields.get("log", "")) + len(update.fields.get("log", "")) <= MAX_MERGED_LOG_CHARS):
             merged = dict(last.fields)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import signal
 import sys
 import time
 
@@ -157,6 +159,25 @@ def test_a_child_dies_with_its_killed_parent(tmp_path):
             time.sleep(0.05)
     finally:
         parent.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.timeout(30)
+def test_a_child_whose_parent_died_before_it_asked_for_the_signal_ends_at_once() -> None:
+    # The peer may die between fork and prctl: the death signal would then never
+    # come, so the child checks that its parent is still the one that forked it.
+    import subprocess
+
+    from peer.worker.process import _die_with_parent, spawn_kwargs
+
+    # As if the peer had died: the child's parent is not the process named.
+    not_the_parent = os.getppid()
+    child = subprocess.run([sys.executable, "-c", "print('ran')"], capture_output=True, timeout=20,
+                           preexec_fn=functools.partial(_die_with_parent, not_the_parent))
+    assert child.returncode == -signal.SIGKILL and child.stdout == b""
+    # Forked by the process it names, it runs normally.
+    assert subprocess.run([sys.executable, "-c", "print('ran')"], capture_output=True, timeout=20,
+                          **spawn_kwargs()).stdout == b"ran\n"
 
 
 def _alive(pid: int) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import aiohttp
+import msgpack
 import pytest
 from aiohttp import web
 
@@ -247,6 +248,33 @@ async def test_the_queue_survives_a_restart_and_comes_first(tmp_path):
     await after.flush(send)
     assert [(s["task_id"], s.get("log"), s["update_stream"] == before.stream) for s in send.sent] == [
         ("t1", "before restart\n", True), ("t1", None, True), ("t2", "after restart\n", False)]
+    await buffer.close()
+
+
+async def test_progress_after_a_restart_never_merges_into_a_row_of_the_earlier_run(tmp_path):
+    # The earlier run may have sent its row just before it crashed: the coordinator
+    # applied it and will acknowledge the retry as a duplicate, so anything merged
+    # into that row would never be applied.
+    path = buffer_path(tmp_path)
+    send = ScriptedSend()
+    send.down = True
+    buffer = UpstreamBuffer(path)
+    await buffer.open()
+    before = Upstream(buffer)
+    with pytest.raises(CoordinatorGone):
+        await before.submit(Update("t1", {"log": "first run\n", "steps_completed": 1}), send)
+    await buffer.close()
+
+    buffer = UpstreamBuffer(path)
+    await buffer.open()
+    after = Upstream(buffer)
+    assert await after.submit(Update("t1", {"log": "second run\n", "steps_completed": 2}), send) is None
+    assert [(stream == before.stream, msgpack.unpackb(body)["log"]) for stream, _, _, _, body in rows(path)] == [
+        (True, "first run\n"), (False, "second run\n")]
+    send.down = False
+    await after.flush(send)
+    assert [(s["update_stream"] == after.stream, s["log"]) for s in send.sent] == [
+        (False, "first run\n"), (True, "second run\n")]
     await buffer.close()
 
 
