@@ -26,6 +26,7 @@ from . import events as ev
 from . import scheduler, shared_job_types, status_machine
 from .dbthread import DBThread
 from .store import NO_TERM, GroupedWrite, JobStore, Term, Transaction
+from .task_watchers import TaskWatchers
 from .tasklogs import TaskLogs
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,8 @@ class Coordinator:
         # task id -> when it last made progress (steps, log output); in memory:
         # a new coordinator starts every running task's clock afresh.
         self._task_progress: dict[str, float] = {}
-        # Bumped on every change that may stop a running task (watch_task).
-        self._tasks_version = 0
-        self._tasks_changed = asyncio.Condition()
+        # Workers waiting to hear that their task must stop (watch_task).
+        self._watchers = TaskWatchers()
         self.logs = TaskLogs(data_dir / "logs")
         self.store = JobStore(data_dir / "peer.sqlite", self.logs)
         self.db = DBThread()
@@ -174,11 +174,9 @@ class Coordinator:
 
     async def _wake_waiters(self) -> None:
         self._work_version += 1
-        self._tasks_version += 1
         async with self._work_changed:
             self._work_changed.notify_all()
-        async with self._tasks_changed:
-            self._tasks_changed.notify_all()
+        self._watchers.wake_all()
 
     async def begin_shutdown(self) -> None:
         """Answer every waiting long-poll now, so the HTTP server can close at once."""
@@ -249,11 +247,13 @@ class Coordinator:
             self._work_version += 1
             async with self._work_changed:
                 self._work_changed.notify_all()
-        if any(isinstance(e, (ev.TasksStatusChanged, ev.TaskAssigned, ev.JobDeleted, ev.JobStatusChanged))
-               for e in emitted):
-            self._tasks_version += 1
-            async with self._tasks_changed:
-                self._tasks_changed.notify_all()
+        for e in emitted:
+            if isinstance(e, ev.TasksStatusChanged):
+                self._watchers.tasks_changed(e.task_ids)
+            elif isinstance(e, ev.TaskAssigned):
+                self._watchers.tasks_changed((e.task_id,))
+            elif isinstance(e, (ev.JobDeleted, ev.JobStatusChanged)):
+                self._watchers.job_changed(e.job_id)
 
     # --- job types --------------------------------------------------------
 
@@ -631,7 +631,7 @@ class Coordinator:
                                     (worker_id, update.update_stream))
                 if mark is not None and update.update_seq <= mark["seq"]:
                     # Delivered before (the reply was lost): do not apply it twice.
-                    return {**_may_keep_running(tx, worker_id, task_id), "duplicate": True, "code": 200}
+                    return {**_may_keep_running(tx, worker_id, task_id)[0], "duplicate": True, "code": 200}
                 tx.emit(ev.WorkerUpdateApplied(worker_id=worker_id, stream=update.update_stream, seq=update.update_seq))
             if update.log:
                 tx.task_log(task_id, update.log.rstrip("\n"))
@@ -692,16 +692,23 @@ class Coordinator:
         or after ``wait_s`` with ``may_keep_running``. This is how a worker learns
         of a cancel, pause, deletion or reassignment within a moment."""
         deadline = time.monotonic() + max(0.0, min(wait_s, 60.0))
-        while True:
-            if self._closing or not self.leading:
-                raise NotCoordinator()
-            self._presence(worker_id)
-            version = self._tasks_version
-            verdict = await self._read(lambda tx: _may_keep_running(tx, worker_id, task_id))
-            remaining = deadline - time.monotonic()
-            if not verdict["may_keep_running"] or remaining <= 0:
-                return verdict
-            await _wait_for_change(self._tasks_changed, lambda: self._tasks_version, version, remaining)
+        with self._watchers.watching(task_id) as watcher:
+            while True:
+                if self._closing or not self.leading:
+                    raise NotCoordinator()
+                self._presence(worker_id)
+                watcher.woken.clear()
+                seen = self._watchers.version
+                verdict, job_id = await self._read(lambda tx: _may_keep_running(tx, worker_id, task_id))
+                self._watchers.file_under_job(watcher, job_id, seen)
+                remaining = deadline - time.monotonic()
+                if not verdict["may_keep_running"] or remaining <= 0:
+                    return verdict
+                try:
+                    async with asyncio.timeout(remaining):
+                        await watcher.woken.wait()
+                except TimeoutError:
+                    pass
 
     # --- worker status: sleep and wake --------------------------------------
 
@@ -955,17 +962,16 @@ def _status_change_for(tx: Transaction, worker_id: str) -> dict[str, Any] | None
     return {"status": "asleep", "is_lazy": bool(row["lazy_status_request"])}
 
 
-def _may_keep_running(tx: Transaction, worker_id: str, task_id: str) -> dict[str, Any]:
-    row = tx.query_one(
-        "SELECT t.status, t.worker_id, j.status AS job_status FROM tasks t JOIN jobs j ON j.id=t.job_id WHERE t.id=?",
-        (task_id,))
+def _may_keep_running(tx: Transaction, worker_id: str, task_id: str) -> tuple[dict[str, Any], str | None]:
+    """The watch's verdict, and the task's job (None: gone)."""
+    row = tx.query_one("SELECT status, worker_id, job_id FROM tasks WHERE id=?", (task_id,))
     if row is None:
-        return {"may_keep_running": False, "reason": "the task's job was deleted"}
+        return {"may_keep_running": False, "reason": "the task's job was deleted"}, None
     if row["worker_id"] != worker_id:
-        return {"may_keep_running": False, "reason": "the task was given to another worker"}
+        return {"may_keep_running": False, "reason": "the task was given to another worker"}, row["job_id"]
     if row["status"] != "active":
-        return {"may_keep_running": False, "reason": f'the task is now "{row["status"]}"'}
-    return {"may_keep_running": True, "reason": ""}
+        return {"may_keep_running": False, "reason": f'the task is now "{row["status"]}"'}, row["job_id"]
+    return {"may_keep_running": True, "reason": ""}, row["job_id"]
 
 
 def _may_free_work(e: ev.Event) -> bool:

@@ -195,6 +195,44 @@ async def test_watch_answers_at_once_when_the_task_is_canceled(farm):
     print(f"watch answered {elapsed * 1000:.0f} ms after the cancel")
 
 
+async def test_a_task_change_wakes_only_the_watch_of_that_task_and_a_deletion_wakes_all(farm, monkeypatch):
+    # Every working worker keeps a watch open: if each task change woke them all,
+    # each for a database read, a big farm would pay N reads per change.
+    from peer.coordinator import service
+
+    reads: dict[str, int] = {}
+    real = service._may_keep_running
+
+    def counted(tx, worker_id, task_id):  # type: ignore[no-untyped-def]
+        reads[task_id] = reads.get(task_id, 0) + 1
+        return real(tx, worker_id, task_id)
+
+    monkeypatch.setattr(service, "_may_keep_running", counted)
+    workers = ["w1", "w2", "w3"]
+    for w in workers:
+        await sign_on(farm, w)
+    job = await submit_sleeps(farm, 3)
+    tasks = {w: (await claim(farm, w))["uuid"] for w in workers}
+    watches = {w: asyncio.create_task(_peer_call(farm, "worker/watch", {"worker_id": w, "task_id": tasks[w], "wait_s": 30}))
+               for w in workers}
+    await asyncio.sleep(0.3)
+    assert reads == {tasks[w]: 1 for w in workers} and not any(t.done() for t in watches.values())
+
+    assert (await farm.client.call("POST", f"/api/v3/tasks/{tasks['w1']}/setstatus",
+                                   {"status": "queued", "reason": "again"}))[0] == 204
+    status, verdict = await asyncio.wait_for(watches["w1"], 10)
+    assert status == 200 and verdict["may_keep_running"] is False
+    await asyncio.sleep(0.3)
+    assert reads[tasks["w2"]] == 1 and reads[tasks["w3"]] == 1  # not woken
+    assert not watches["w2"].done() and not watches["w3"].done()
+
+    assert (await farm.client.call("DELETE", f"/api/v3/jobs/{job['id']}"))[0] in (200, 204)
+    for w in ("w2", "w3"):
+        status, verdict = await asyncio.wait_for(watches[w], 10)
+        assert status == 200 and verdict == {"may_keep_running": False, "reason": "the task's job was deleted"}
+    assert len(farm.coordinator._watchers) == 0  # every watch has left
+
+
 async def test_watch_with_nothing_to_report_returns_keep_running(farm):
     await sign_on(farm, "w")
     await submit_sleeps(farm, 1)
