@@ -351,7 +351,7 @@ async def output_file(request: web.Request) -> web.StreamResponse:
         path = safe_join(root, request.query.get("path"))
     except UnsafePath as exc:
         return _error(400, f"output path refused: {exc}")
-    if not path.is_file() or path.is_symlink():
+    if not await asyncio.to_thread(lambda: path.is_file() and not path.is_symlink()):
         return _error(404, f"no output {request.query.get('path')!r} for this job (yet)")
     return web.FileResponse(path)
 
