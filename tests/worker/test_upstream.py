@@ -225,21 +225,24 @@ async def test_delivered_updates_are_not_remembered(upstream):
     assert upstream.pending == 2
 
 
+async def open_upstream(path: Path) -> tuple[UpstreamBuffer, Upstream]:
+    """The buffer file opened as a worker process (re)starting would: a new stream."""
+    buffer = UpstreamBuffer(path)
+    await buffer.open()
+    return buffer, Upstream(buffer)
+
+
 async def test_the_queue_survives_a_restart_and_comes_first(tmp_path):
     path = buffer_path(tmp_path)
     send = ScriptedSend()
     send.down = True
-    buffer = UpstreamBuffer(path)
-    await buffer.open()
-    before = Upstream(buffer)
+    buffer, before = await open_upstream(path)
     with pytest.raises(CoordinatorGone):
         await before.submit(Update("t1", {"log": "before restart\n"}), send)
     await before.submit(Update("t1", {"task_status": "completed"}, final=True), send)
     await buffer.close()
 
-    buffer = UpstreamBuffer(path)
-    await buffer.open()
-    after = Upstream(buffer)
+    buffer, after = await open_upstream(path)
     assert after.pending == 2 and after.stream != before.stream
     assert await buffer.tasks() == {"t1": True}
     send.down = False
@@ -258,16 +261,12 @@ async def test_progress_after_a_restart_never_merges_into_a_row_of_the_earlier_r
     path = buffer_path(tmp_path)
     send = ScriptedSend()
     send.down = True
-    buffer = UpstreamBuffer(path)
-    await buffer.open()
-    before = Upstream(buffer)
+    buffer, before = await open_upstream(path)
     with pytest.raises(CoordinatorGone):
         await before.submit(Update("t1", {"log": "first run\n", "steps_completed": 1}), send)
     await buffer.close()
 
-    buffer = UpstreamBuffer(path)
-    await buffer.open()
-    after = Upstream(buffer)
+    buffer, after = await open_upstream(path)
     assert await after.submit(Update("t1", {"log": "second run\n", "steps_completed": 2}), send) is None
     assert [(stream == before.stream, msgpack.unpackb(body)["log"]) for stream, _, _, _, body in rows(path)] == [
         (True, "first run\n"), (False, "second run\n")]
