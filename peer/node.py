@@ -247,8 +247,17 @@ class PeerNode:
     async def _remember_peers(self) -> None:
         """Keep the last-known peers on disk, for the next start on a network without multicast."""
         assert self.cluster is not None and self.peer_cache is not None and self.identity is not None
+        # At once when a peer appears, so a peer killed soon after others joined
+        # still finds them on its next start (without multicast the cache is all it has).
+        appeared = asyncio.Event()
+        self.cluster.membership.on_return.append(lambda peer_id: appeared.set())
         while True:
-            await asyncio.sleep(5.0)
+            try:
+                async with asyncio.timeout(5.0):
+                    await appeared.wait()
+            except TimeoutError:
+                pass
+            appeared.clear()
             for member in self.cluster.membership.alive():
                 self.peer_cache.remember(member.peer_id, member.url, self.identity.farm_id)
             if self.peer_cache.dirty:

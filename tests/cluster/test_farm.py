@@ -293,3 +293,25 @@ def test_sigkill_of_the_coordinator_loses_nothing_and_running_work_carries_on(
     assert f"({running})" in sleep_log and "slept 4s" in sleep_log, sleep_log
     assert "-> queued" not in sleep_log, sleep_log
     assert after[sleep_id]["worker"]["id"] == running
+
+
+def test_a_peer_writes_a_new_peer_to_its_cache_at_once(tmp_path: Path) -> None:
+    # Without multicast, the cache is all a restarting peer has to find the farm:
+    # a peer killed seconds after another joined must still know it. (The periodic
+    # save alone comes up to 5 s after the first peer started.)
+    def cached_urls(peer: PeerProcess) -> set[str]:
+        try:
+            peers = json.loads((peer.data_dir / "peers.json").read_text())["peers"]
+        except (OSError, ValueError, KeyError):
+            return set()
+        return {entry["url"] for entry in peers.values()}
+
+    with LocalFarm(tmp_path / "farm") as farm:
+        first = farm.start_peer("first", worker=False)
+        second = farm.start_peer("second", join=first.url, worker=False)
+        # Heard at the second's first heartbeat, saved at once: here within
+        # milliseconds, where the periodic save took 1.9 to 2.7 s.
+        eventually(lambda: second.url in cached_urls(first), 1.0, "the new peer in the first one's cache")
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+        assert second.url in cached_urls(first)
