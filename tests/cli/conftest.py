@@ -96,10 +96,10 @@ def assert_clean_error(r: Result, code: int = 1) -> None:
         assert r.stderr.startswith("flamenco-peer: "), r.explain()
 
 
-def _start_solo(root: Path) -> Iterator[tuple[LocalFarm, str]]:
+def _start_solo(root: Path, *, worker: bool = True) -> Iterator[tuple[LocalFarm, str]]:
     farm = LocalFarm(root)
     try:
-        peer = farm.start_peer("solo")
+        peer = farm.start_peer("solo", worker=worker)
         yield farm, peer.url
     finally:
         farm.stop()
@@ -115,6 +115,12 @@ def solo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFarm, 
 def fresh_solo(tmp_path: Path) -> Iterator[tuple[LocalFarm, str]]:
     """A peer of the test's own, for tests that leave work running."""
     yield from _start_solo(tmp_path / "farm")
+
+
+@pytest.fixture
+def idle_solo(tmp_path: Path) -> Iterator[tuple[LocalFarm, str]]:
+    """A peer of the test's own without a worker: the test plays the workers itself."""
+    yield from _start_solo(tmp_path / "farm", worker=False)
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,9 @@ def peer_call(url: str, path: str, body: dict) -> dict:
         return msgpack.unpackb(raw) if raw else {}
 
 
-def test_blocklist_shows_and_clears_entries(fresh_solo, tmp_path: Path) -> None:
-    farm, url = fresh_solo
+def test_blocklist_shows_and_clears_entries(idle_solo, tmp_path: Path) -> None:
+    # No worker of the peer's own: it would race the scripted ones for the tasks.
+    farm, url = idle_solo
     peer = farm.peers[0]
     (peer.data_dir / "job_types" / BENCH_SLEEP.name).write_bytes(BENCH_SLEEP.read_bytes())
     cli = Cli(tmp_path / "cli", url)
