@@ -58,15 +58,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-import msgpack
 
+from peer import wire
 from peer.clientlib import ClientError, FlamencoClient
 from peer.cluster import identity as farm_identity
 from peer.localfarm import LocalFarm, PeerProcess
 
 HERE = Path(__file__).resolve().parent
 BENCH_SLEEP = HERE / "job_types" / "bench-sleep.js"
-MSGPACK = "application/msgpack"
 
 DISCOVERY_GOAL_S = 2.0
 FAILOVER_GOAL_S = 3.0
@@ -322,11 +321,8 @@ class _Refused(Exception):
 
 
 async def _call(session: aiohttp.ClientSession, url: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    async with session.post(f"{url}/peer/v1/{path}", data=msgpack.packb(body, use_bin_type=True),
-                            headers={"Content-Type": MSGPACK}) as resp:
-        raw = await resp.read()
-        data = msgpack.unpackb(raw, raw=False) if raw and resp.content_type == MSGPACK else None
-        return resp.status, data
+    status, content_type, raw = await wire.post(session, f"{url}/peer/v1/{path}", body, timeout=60)
+    return status, wire.unpack(raw) if raw and content_type == wire.MSGPACK else None
 
 
 async def _expect(session: aiohttp.ClientSession, url: str, path: str, body: dict[str, Any]) -> Any:

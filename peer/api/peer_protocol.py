@@ -13,16 +13,16 @@ import msgpack
 from aiohttp import web
 
 from ..coordinator.service import APIError, TaskUpdate
+from ..wire import msgpack_response
 from .client_api import COORDINATOR_KEY
 
-MSGPACK = "application/msgpack"
 PREFIX = "/peer/v1"
 
 routes = web.RouteTableDef()
 
 
 def pack_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=msgpack.packb(body, use_bin_type=True), status=status, content_type=MSGPACK)
+    return msgpack_response(body, status)
 
 
 async def read_msgpack(request: web.Request) -> dict[str, Any]:

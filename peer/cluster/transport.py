@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import msgpack
 
-MSGPACK = "application/msgpack"
+from .. import wire
 
 
 class PeerUnreachable(Exception):
@@ -39,16 +39,12 @@ class PeerTransport:
     async def call(self, base_url: str, path: str, body: dict[str, Any], *, timeout: float) -> tuple[int, Any]:
         url = f"{base_url.rstrip('/')}/peer/v1/{path}"
         try:
-            async with self.session.post(
-                url, data=msgpack.packb(body, use_bin_type=True), headers={"Content-Type": MSGPACK},
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as resp:
-                raw = await resp.read()
-                if resp.status == 401:
-                    # The auth middleware answers in JSON, with what to do about it.
-                    raise PeerRefused(f"{url} refused this peer: {_message(raw)}")
-                if resp.content_type != MSGPACK:
-                    raise PeerUnreachable(f"{url} answered HTTP {resp.status} with {resp.content_type or 'no body'}")
-                return resp.status, msgpack.unpackb(raw, raw=False) if raw else None
+            status, content_type, raw = await wire.post(self.session, url, body, timeout=timeout)
+            if status == 401:
+                # The auth middleware answers in JSON, with what to do about it.
+                raise PeerRefused(f"{url} refused this peer: {_message(raw)}")
+            if content_type != wire.MSGPACK:
+                raise PeerUnreachable(f"{url} answered HTTP {status} with {content_type or 'no body'}")
+            return status, wire.unpack(raw) if raw else None
         except (aiohttp.ClientError, TimeoutError, ValueError, msgpack.UnpackException) as exc:
             raise PeerUnreachable(f"{url}: {exc or type(exc).__name__}") from None

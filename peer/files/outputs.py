@@ -43,12 +43,12 @@ from typing import Awaitable, Callable
 import aiohttp
 import msgpack
 
+from ..wire import MSGPACK
 from .names import UnsafePath, check_relative_path, safe_join
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/peer/v1/files"
-MSGPACK = "application/msgpack"
 INCOMING = ".flamenco-peer-incoming"
 DEFAULT_CHUNK = 8 << 20  # one signed request; the signature hashes the whole body in memory
 MAX_CHUNK = 32 << 20

@@ -39,6 +39,7 @@ from typing import Any, Awaitable, Callable
 import msgpack
 from aiohttp import hdrs, web
 
+from ..wire import msgpack_response
 from .names import UnsafePath, safe_join
 from .outputs import INCOMING, MAX_CHUNK, OutputReceiver, OutputRefused, OutputRootResolver, check_job_id
 from .store import BadBlobRef, BlobRef, ContentStore, PartialBlob
@@ -47,7 +48,6 @@ from .thumbnails import MAX_THUMBNAIL_BYTES, LastRenderedStore
 log = logging.getLogger(__name__)
 
 PREFIX = "/peer/v1/files"
-MSGPACK = "application/msgpack"
 MAX_HAVE_BLOBS = 100_000
 MAX_LISTED_OUTPUTS = 100_000
 # How often a response that follows a growing download looks for new bytes.
@@ -89,8 +89,7 @@ FILES_KEY = web.AppKey("files_server", FilesServer)
 
 
 def _pack(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=msgpack.packb(body, use_bin_type=True), status=status, content_type=MSGPACK,
-                        headers=headers)
+    return msgpack_response(body, status, headers)
 
 
 def _error(status: int, message: str, *, headers: dict[str, str] | None = None, **extra: object) -> web.Response:

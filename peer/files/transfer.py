@@ -45,11 +45,11 @@ from typing import Awaitable, Callable, Iterable, Iterator, Sequence
 import aiohttp
 import msgpack
 
+from ..wire import MSGPACK
 from .store import LIBC, BadBlobRef, BlobBusy, BlobCorrupt, BlobRef, ContentStore, PartialBlob
 
 log = logging.getLogger(__name__)
 
-MSGPACK = "application/msgpack"
 PREFIX = "/peer/v1/files"
 WRITE_BATCH = 2 << 20  # bytes handed to the writer thread at once (also how far peers that re-serve lag)
 READ_BUFFER = 4 << 20  # aiohttp buffers up to twice this of a response before it pauses the socket

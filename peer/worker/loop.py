@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import aiohttp
-import msgpack
 
-from .. import __version__
+from .. import __version__, wire
 from .commands import CommandError, run_command
 from .commands.base import WorkerSettings
 from .idle.policy import ON_SHUTDOWN, AvailabilityPolicy
@@ -45,7 +44,6 @@ from .upstream import Delivered, Update, Upstream, UpstreamBuffer, UpstreamError
 from .variables import expand_parameters
 
 log = logging.getLogger(__name__)
-MSGPACK = "application/msgpack"
 
 # What ``state()["state"]`` says, besides the availability states of idle/policy.py.
 WORKING = "working"
@@ -146,13 +144,8 @@ class ProtocolClient:
             raise _SignOnAgain()
         url = f"{base.rstrip('/')}/peer/v1/{path}"
         try:
-            async with self.session.post(
-                url, data=msgpack.packb(body, use_bin_type=True), headers={"Content-Type": MSGPACK},
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as resp:
-                raw = await resp.read()
-                data = msgpack.unpackb(raw, raw=False) if raw and resp.content_type == MSGPACK else None
-                return resp.status, data
+            status, content_type, raw = await wire.post(self.session, url, body, timeout=timeout)
+            return status, wire.unpack(raw) if raw and content_type == wire.MSGPACK else None
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             raise CoordinatorGone(f"{url}: {exc or type(exc).__name__}") from exc
 
