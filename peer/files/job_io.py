@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Iterable
 
@@ -144,6 +144,9 @@ class PreparedTask:
     commands: list[dict[str, Any]]
     staging: Path | None  # where this worker's outputs of the job go; None: nothing to ship
     started: float
+    # Other workers' outputs brought into the staging folder for this task, with
+    # their st_mtime_ns: not this task's outputs unless it rewrites them.
+    gathered: dict[Path, int] = field(default_factory=dict)
 
 
 class WorkerJobFiles:
@@ -205,16 +208,19 @@ class WorkerJobFiles:
         # rendered: bring the owner's outputs so far. Independent tasks (frames,
         # tiles) skip this, or every frame would download all earlier frames.
         reads_outputs = task.get("has_dependencies") or any(c.get("name") in COMMANDS_READING_OUTPUTS for c in commands)
+        gathered = {}
         if reads_outputs and files.output_root:
-            await self._fetch_outputs(owner_url, job_id, staging)
+            gathered = await self._fetch_outputs(owner_url, job_id, staging)
         # File times come from the kernel's coarse clock, a tick behind time.time():
         # without the slack, a file written in the task's first milliseconds looks older.
-        return PreparedTask(rewritten, staging if files.output_root else None, time.time() - _MTIME_SLACK_S)
+        return PreparedTask(rewritten, staging if files.output_root else None, time.time() - _MTIME_SLACK_S,
+                            gathered)
 
-    async def _fetch_outputs(self, owner_url: str | None, job_id: str, staging: Path) -> None:
+    async def _fetch_outputs(self, owner_url: str | None, job_id: str, staging: Path) -> dict[Path, int]:
         """Bring the job's outputs so far (other workers' frames) into the staging folder:
         from the owner, and from the workers that rendered them, which keep their
-        copies; so a preview video is whole even while the owner is away."""
+        copies; so a preview video is whole even while the owner is away.
+        Returns the files written, with their st_mtime_ns."""
         bases = [f"{source.rstrip('/')}/peer/v1/files/outputs/{job_id}" for source in self._sources(owner_url)]
         # All at once: a peer that does not answer must not add its timeout to every other's.
         listings = await asyncio.gather(*(self._list_outputs(base) for base in bases))
@@ -223,6 +229,7 @@ class WorkerJobFiles:
             for rel, size in listing:
                 if rel not in wanted:  # the owner first: its copies are the delivered ones
                     wanted[rel] = (size, base)
+        gathered: dict[Path, int] = {}
         for rel, (size, base) in wanted.items():
             target = safe_join(staging, rel)
             if target.is_file() and target.stat().st_size == size:
@@ -237,7 +244,8 @@ class WorkerJobFiles:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("output %s of job %s could not be fetched from %s: %s", rel, job_id, base, exc)
                 continue
-            await asyncio.to_thread(_write_atomically, target, data)
+            gathered[target] = await asyncio.to_thread(_write_atomically, target, data)
+        return gathered
 
     async def _list_outputs(self, base: str) -> list[tuple[str, int]]:
         try:
@@ -262,7 +270,8 @@ class WorkerJobFiles:
             return 0
         files = JobFiles.from_task(task)
         assert files is not None
-        produced = await asyncio.to_thread(_task_outputs, prepared.staging, prepared.started, reported or ())
+        produced = await asyncio.to_thread(_task_outputs, prepared.staging, prepared.started, reported or (),
+                                           prepared.gathered)
         for path in produced:
             rel = path.relative_to(prepared.staging).as_posix()
             # Copy, not move: a later task on this worker (a preview video) may read it.
@@ -325,16 +334,20 @@ def worker_outputs_folder(data_dir: Path, job_id: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _task_outputs(staging: Path, since: float, reported: Iterable[str]) -> list[Path]:
+def _task_outputs(staging: Path, since: float, reported: Iterable[str], gathered: dict[Path, int]) -> list[Path]:
     """The files in ``staging`` that a task produced: those written since it
-    started, and those it reported although they are older. The second kind
-    is a frame an interrupted run of the same task wrote before it was stopped,
-    which Blender's no-overwrite mode then keeps: it never left this worker,
-    and without this nobody would ever deliver it."""
+    started (but not the ``gathered`` outputs of other workers, unless it
+    rewrote them), and those it reported although they are older. The last
+    kind is a frame an interrupted run of the same task wrote before it was
+    stopped, which Blender's no-overwrite mode then keeps: it never left this
+    worker, and without this nobody would ever deliver it."""
     found = set()
     for path in staging.rglob("*"):
         try:
-            if path.is_file() and not path.is_symlink() and path.stat().st_mtime >= since:
+            if not path.is_file() or path.is_symlink():
+                continue
+            stat = path.stat()
+            if stat.st_mtime >= since and gathered.get(path) != stat.st_mtime_ns:
                 found.add(path)
         except OSError:
             continue
@@ -349,8 +362,10 @@ def _task_outputs(staging: Path, since: float, reported: Iterable[str]) -> list[
     return sorted(found)
 
 
-def _write_atomically(target: Path, data: bytes) -> None:
+def _write_atomically(target: Path, data: bytes) -> int:
+    """Returns the file's st_mtime_ns."""
     os.makedirs(target.parent, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, target)
+    return target.stat().st_mtime_ns

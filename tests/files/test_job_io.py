@@ -45,13 +45,16 @@ def test_output_root_comes_from_flamencos_output_settings():
 async def test_a_worker_ships_what_the_task_wrote_and_what_it_kept_from_an_interrupted_run(tmp_path: Path) -> None:
     # A requeued render skips the frame its interrupted first run wrote (no-overwrite
     # mode). That frame is older than the task's start, but the task reports it,
-    # so it is queued for the owner; a frame gathered from another worker is not.
+    # so it is queued for the owner. Frames gathered from other workers for this
+    # task are not, even when written after the start as the clock sees it.
     staging = staging_folder(tmp_path / "data", JOB)
     (staging / "shot").mkdir(parents=True)
-    kept, gathered, fresh = (staging / "shot" / f"{n:06d}.png" for n in (1, 2, 3))
+    kept, old, gathered, fresh = (staging / "shot" / f"{n:06d}.png" for n in (1, 2, 3, 4))
     kept.write_bytes(b"kept from the first run")
-    gathered.write_bytes(b"another worker's frame")
-    started = time.time() + 5  # both files above predate the task's start
+    old.write_bytes(b"another worker's frame, from an earlier task")
+    started = time.time() + 5  # the files above predate the task's start
+    gathered.write_bytes(b"another worker's frame, fetched for this task")
+    os.utime(gathered, (started + 0.01, started + 0.01))  # within the start's slack
     async with aiohttp.ClientSession() as session:
         shipper = OutputShipper(tmp_path / "outbox", session, resolve_owner=lambda owner: None)
         job_files = WorkerJobFiles(
@@ -63,8 +66,9 @@ async def test_a_worker_ships_what_the_task_wrote_and_what_it_kept_from_an_inter
         task = {"job": JOB, "job_files": {
             "manifest": Manifest("shot", "main.blend", {"main.blend": BlobRef("0" * 64, 1)}).to_dict(),
             "owner_peer_id": "artist", "blend_path": "/home/ann/shot/main.blend", "output_root": "/home/ann/renders"}}
-        shipped = await job_files.after_task(task, PreparedTask([], staging, started), reported=[str(kept)])
+        prepared = PreparedTask([], staging, started, gathered={gathered: gathered.stat().st_mtime_ns})
+        shipped = await job_files.after_task(task, prepared, reported=[str(kept)])
         await job_files.close()
     assert shipped == 2
-    assert sorted(item.path for item in shipper.pending()) == ["shot/000001.png", "shot/000003.png"]
+    assert sorted(item.path for item in shipper.pending()) == ["shot/000001.png", "shot/000004.png"]
     assert all(item.owner == "artist" and item.job_id == JOB for item in shipper.pending())
