@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
 from aiohttp import web
 
 from ..coordinator.service import APIError, TaskUpdate
-from ..wire import msgpack_response
+from ..wire import msgpack_response, unpack
 from .client_api import COORDINATOR_KEY
 
 PREFIX = "/peer/v1"
@@ -28,7 +27,7 @@ def pack_response(body: Any, status: int = 200) -> web.Response:
 async def read_msgpack(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
-        body = msgpack.unpackb(raw, raw=False) if raw else {}
+        body = unpack(raw) if raw else {}
     except Exception as exc:  # msgpack raises several unrelated types
         raise APIError(400, f"request body is not valid msgpack: {exc}") from None
     if not isinstance(body, dict):

@@ -39,8 +39,8 @@ from pathlib import Path, PurePath
 from typing import Any, Iterable
 
 import aiohttp
-import msgpack
 
+from .. import wire
 from .checkout import build_checkout
 from .manifest import Manifest
 from .names import safe_join
@@ -253,7 +253,7 @@ class WorkerJobFiles:
                                         timeout=aiohttp.ClientTimeout(total=30, sock_connect=3, sock_read=10)) as resp:
                 if resp.status != 200:
                     return []  # not the owner, and no outputs of this job there
-                listing = msgpack.unpackb(await resp.read(), raw=False).get("files", [])
+                listing = wire.unpack(await resp.read()).get("files", [])
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.info("cannot list outputs at %s: %s", base, exc)
             return []

@@ -43,7 +43,7 @@ from typing import Awaitable, Callable
 import aiohttp
 import msgpack
 
-from ..wire import MSGPACK
+from ..wire import MSGPACK, unpack
 from .names import UnsafePath, check_relative_path, safe_join
 
 log = logging.getLogger(__name__)
@@ -386,7 +386,7 @@ class OutputShipper:
             ) as resp:
                 raw = await resp.read()
                 try:
-                    body = msgpack.unpackb(raw, raw=False) if resp.content_type == MSGPACK else json.loads(raw or b"{}")
+                    body = unpack(raw) if resp.content_type == MSGPACK else json.loads(raw or b"{}")
                 except (ValueError, msgpack.UnpackException):
                     body = {}
                 return resp.status, body if isinstance(body, dict) else {}

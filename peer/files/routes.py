@@ -36,10 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import msgpack
 from aiohttp import hdrs, web
 
-from ..wire import msgpack_response
+from ..wire import msgpack_response, unpack
 from .names import UnsafePath, safe_join
 from .outputs import INCOMING, MAX_CHUNK, OutputReceiver, OutputRefused, OutputRootResolver, check_job_id
 from .store import BadBlobRef, BlobRef, ContentStore, PartialBlob
@@ -88,8 +87,7 @@ class FilesServer:
 FILES_KEY = web.AppKey("files_server", FilesServer)
 
 
-def _pack(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return msgpack_response(body, status, headers)
+_pack = msgpack_response
 
 
 def _error(status: int, message: str, *, headers: dict[str, str] | None = None, **extra: object) -> web.Response:
@@ -235,7 +233,7 @@ async def _follow(request: web.Request, server: FilesServer, growing: PartialBlo
 async def have(request: web.Request) -> web.Response:
     server = _server(request)
     try:
-        body = msgpack.unpackb(await request.read(), raw=False)
+        body = unpack(await request.read())
     except Exception as exc:  # msgpack raises several unrelated types
         return _error(400, f"request body is not valid msgpack: {exc}")
     blobs = body.get("blobs") if isinstance(body, dict) else None

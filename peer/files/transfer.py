@@ -45,7 +45,7 @@ from typing import Awaitable, Callable, Iterable, Iterator, Sequence
 import aiohttp
 import msgpack
 
-from ..wire import MSGPACK
+from ..wire import MSGPACK, pack, unpack
 from .store import LIBC, BadBlobRef, BlobBusy, BlobCorrupt, BlobRef, ContentStore, PartialBlob
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class Fetcher:
         )
 
     async def _ask_sources(self, pending: list[BlobRef]) -> tuple[dict[str, _Availability], list[str]]:
-        body = msgpack.packb({"blobs": [r.to_wire() for r in pending]}, use_bin_type=True)
+        body = pack({"blobs": [r.to_wire() for r in pending]})
         answers = await asyncio.gather(*(self._ask(source, body) for source in self.sources))
         availability = {s: a for s, a in zip(self.sources, answers) if a is not None and not a.is_self}
         unreachable = [s for s, a in zip(self.sources, answers) if a is None]
@@ -281,7 +281,7 @@ class Fetcher:
                 if resp.status != 200:
                     log.info("%s answered HTTP %s to a have request", source, resp.status)
                     return None
-                answer = msgpack.unpackb(raw, raw=False)
+                answer = unpack(raw)
                 if answer.get("store") == self.store.store_id:
                     return _Availability(have=set(), load=0, is_self=True)
                 have = {BlobRef.parse(item) for item in answer.get("have", [])}
